@@ -1,0 +1,1 @@
+"""chromasnap.cli: the `chromasnap` command line (a thin layer over chromasnap.snapshots)."""

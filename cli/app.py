@@ -1,0 +1,31 @@
+"""The `chromasnap` command: one thin module per command over chromasnap.snapshots."""
+
+from __future__ import annotations
+
+import typer
+
+from .demo_cmd import demo_cmd
+from .extract_cmd import extract_cmd
+from .list_cmd import list_cmd
+from .schema_cmd import schema_cmd
+from .show_cmd import show_cmd
+from .snapshot_cmd import snapshot_cmd
+
+app = typer.Typer(
+    name="chromasnap",
+    help="Versioned, deduplicated, crash-safe snapshots of Chroma databases.\n\n"
+    "Exit codes: 0 ok, 1 the operation found a problem, 2 bad input or usage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("snapshot")(snapshot_cmd)
+app.command("list")(list_cmd)
+app.command("show")(show_cmd)
+app.command("extract")(extract_cmd)
+app.command("schema")(schema_cmd)
+app.command("demo")(demo_cmd)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,133 @@
+"""Options every command shares, error handling, and output helpers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", envvar="CHROMASNAP_DB", help="Chroma database directory.", show_default=False),
+]
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--store",
+        envvar="CHROMASNAP_STORE",
+        help="Snapshot store (default: <db parent>/<db name>.snapshots).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> None:
+    typer.echo(f"chromasnap: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn every failure into one line on stderr and a documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from chromasnap.manifest import ManifestError
+        from chromasnap.snapshots import ChromasnapError
+
+        debug = bool(kwargs.get("debug"))
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ChromasnapError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(str(exc), exc.exit_code)
+        except ManifestError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(str(exc), 1)
+        except KeyboardInterrupt:
+            fail("interrupted; nothing partial was left in the store", 130)
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            where = f": {exc.filename}" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where}", 1)
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            fail(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def manager(db: Path | None, store: Path | None) -> Any:
+    from chromasnap.snapshots import SnapshotManager
+
+    return SnapshotManager(db, store)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@contextmanager
+def progress_bar(label: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A byte progress bar on stderr when it is a terminal; a no-op otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        f"[bold]{label}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def summary(snap: Any) -> dict[str, Any]:
+    """The fields `list --json` promises, plus a few more."""
+    last = snap.last_verification
+    return {
+        "id": snap.id,
+        "short_id": snap.short_id,
+        "created_at": snap.created_at.isoformat(),
+        "reason": snap.reason,
+        "tags": snap.tags,
+        "note": snap.note,
+        "source": snap.source,
+        "files": snap.totals.files,
+        "logical_bytes": snap.totals.logical_bytes,
+        "new_bytes": snap.totals.new_bytes,
+        "collections": len(snap.wal.collections),
+        "records": sum(c.records or 0 for c in snap.wal.collections),
+        "last_verification": None if last is None else last.model_dump(mode="json"),
+    }

@@ -1,0 +1,45 @@
+"""`chromasnap list`: the store's snapshots, oldest first."""
+
+from __future__ import annotations
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+from .common import summary
+
+
+@handle_errors
+def list_cmd(db: DbOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List snapshots with their size, what each added, and the last verification."""
+    mgr = manager(db, store)
+    if not mgr.backend.exists():
+        from chromasnap.snapshots import UsageError
+
+        raise UsageError(f"no chromasnap store at {mgr.store_path} (take one with `chromasnap snapshot`)")
+    snaps = mgr.list()
+    for problem in mgr.problems:
+        typer.echo(f"warning: {problem}", err=True)
+    if json_out:
+        print_json([summary(s) for s in snaps])
+        return
+    if not snaps:
+        typer.echo(f"no snapshots in {mgr.store_path}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"snapshots in {mgr.store_path}", title_justify="left")
+    for col in ("id", "created (UTC)", "reason", "tags", "size", "new", "verified"):
+        table.add_column(col, justify="right" if col in ("size", "new") else "left")
+    for s in snaps:
+        last = s.last_verification
+        table.add_row(
+            s.short_id,
+            s.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            s.reason,
+            ",".join(s.tags),
+            human_bytes(s.totals.logical_bytes),
+            human_bytes(s.totals.new_bytes),
+            "-" if last is None else f"{last.verdict} ({last.mode})",
+        )
+    Console().print(table)

@@ -1,0 +1,84 @@
+"""`chromasnap show ID`: everything a snapshot records."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+
+
+@handle_errors
+def show_cmd(
+    snapshot_id: Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")],
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show a snapshot: files, Chroma's write-ahead state per collection, verifications."""
+    s = manager(db, store).get(snapshot_id)
+    if json_out:
+        print_json(s.model_dump(mode="json"))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t, w = s.totals, s.wal
+    con.print(f"[bold]snapshot[/] {s.id}")
+    for k, v in (
+        ("created", s.created_at.isoformat()),
+        ("reason", s.reason),
+        ("tags", ", ".join(s.tags) or "-"),
+        ("note", s.note or "-"),
+        ("source", f"{s.source} on {s.hostname}"),
+        ("parent", s.parent or "-"),
+        ("chromadb", s.chromadb_version or "unknown"),
+        ("schema", ", ".join(f"{k}={v}" for k, v in sorted(w.schema_migrations.items())) or "-"),
+        ("size", f"{human_bytes(t.logical_bytes)} in {t.files} files ({t.reused_files} unchanged)"),
+        ("new", f"{human_bytes(t.new_bytes)} in {t.new_blobs} blobs"),
+        ("journal", f"{w.journal_mode}; leftover: {', '.join(w.leftover_files) or 'none'}"
+         + ("; HOT JOURNAL" if w.hot_journal else "")),
+        ("queue", f"{w.queue_rows} rows; automatically_purge={w.automatically_purge}"),
+    ):
+        con.print(f"  {k:9} {v}")
+    if w.journal_action:
+        con.print(f"  {'':9} {w.journal_action}")
+    ct = Table(title="collections", title_justify="left")
+    for c in ("name", "records", "hnsw", "queued", "vector seq", "lag"):
+        ct.add_column(c)
+    for c in w.collections:
+        vec = next((x for x in c.segments if x.scope == "VECTOR"), None)
+        lag = "no" if not c.vector_lags else ("covered" if c.lag_covered else "NOT COVERED")
+        ct.add_row(
+            c.name,
+            str(c.records),
+            "-" if c.hnsw_elements is None else f"{c.hnsw_elements}" + ("" if c.hnsw_persisted else " (unpersisted)"),
+            str(c.queue_rows),
+            "-" if vec is None or vec.max_seq_id is None else str(vec.max_seq_id),
+            lag,
+        )
+    con.print(ct)
+    ft = Table(title="files", title_justify="left")
+    for c in ("path", "size", "layout", "captured"):
+        ft.add_column(c)
+    for f in s.files:
+        ft.add_row(f.path, human_bytes(f.size), f.layout, f.captured_by)
+    con.print(ft)
+    for sk in s.skipped:
+        con.print(f"  skipped {sk.path} ({sk.kind}: {sk.reason})")
+    for warning in w.warnings:
+        con.print(f"  [yellow]warning[/] {warning}")
+    if s.verifications:
+        vt = Table(title="verifications", title_justify="left")
+        for c in ("at", "mode", "verdict", "chromadb", "seconds", "detail"):
+            vt.add_column(c)
+        for v in s.verifications:
+            vt.add_row(v.at.isoformat(), v.mode, v.verdict, v.chromadb_version or "-",
+                       f"{v.duration_s:.1f}", v.detail[:80])
+        con.print(vt)
+    else:
+        con.print("  never verified")
+    _ = typer  # keep the import for typer's annotations

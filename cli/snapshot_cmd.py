@@ -1,0 +1,43 @@
+"""`chromasnap snapshot`: capture the database now."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+from .common import progress_bar
+
+
+@handle_errors
+def snapshot_cmd(
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag to attach (repeatable).")] = None,
+    note: Annotated[str | None, typer.Option("--note", help="Free text to keep with it.")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why it was taken.")] = "manual",
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Take a snapshot of the database (unchanged files are not read again)."""
+    mgr = manager(db, store)
+    total = None
+    if mgr.db_path is not None and mgr.db_path.is_dir():
+        total = sum(p.stat().st_size for p in mgr.db_path.rglob("*") if p.is_file() and not p.is_symlink())
+    with progress_bar("snapshot", total, not json_out) as prog:
+        snap = mgr.snapshot(reason=reason, tags=tag or [], note=note, progress=prog)
+    if json_out:
+        print_json(snap.model_dump(mode="json"))
+        return
+    t = snap.totals
+    if t.new_bytes == 0:
+        what = "nothing changed since the last snapshot: 0 bytes new"
+    else:
+        what = f"{human_bytes(t.new_bytes)} new in the store"
+    typer.echo(
+        f"snapshot {snap.short_id} taken: {t.files} files, {human_bytes(t.logical_bytes)}, "
+        f"{what} ({t.reused_files} files unchanged, {mgr.last_duration_s:.2f} s)"
+    )
+    for w in snap.wal.warnings:
+        typer.echo(f"warning: {w}", err=True)

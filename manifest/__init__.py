@@ -1,0 +1,50 @@
+"""The manifest: typed records of a chromasnap store (config, snapshots, chunk lists)."""
+
+from .io import ManifestError, dumps, json_schemas, load_chunk_list, load_config, load_snapshot
+from .io import snapshot_id as snapshot_id
+from .models import (
+    FORMAT_VERSION,
+    ChunkListDoc,
+    ChunkRef,
+    CollectionState,
+    DirEntry,
+    Extent,
+    FileEntry,
+    HnswSplitList,
+    PlainList,
+    RetentionPolicy,
+    SegmentState,
+    SkippedEntry,
+    Snapshot,
+    StoreConfig,
+    Totals,
+    Verification,
+    WalState,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ChunkListDoc",
+    "ChunkRef",
+    "CollectionState",
+    "DirEntry",
+    "Extent",
+    "FileEntry",
+    "HnswSplitList",
+    "ManifestError",
+    "PlainList",
+    "RetentionPolicy",
+    "SegmentState",
+    "SkippedEntry",
+    "Snapshot",
+    "StoreConfig",
+    "Totals",
+    "Verification",
+    "WalState",
+    "dumps",
+    "json_schemas",
+    "load_chunk_list",
+    "load_config",
+    "load_snapshot",
+    "snapshot_id",
+]

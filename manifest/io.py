@@ -1,0 +1,81 @@
+"""Reading and writing manifest documents: canonical JSON, ids, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from blake3 import blake3
+from pydantic import BaseModel, ValidationError
+
+from .models import FORMAT_VERSION, ChunkListDoc, Snapshot, StoreConfig
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ManifestError(ValueError):
+    """A manifest document is unreadable, invalid, or from a newer format."""
+
+
+def dumps(model: BaseModel) -> bytes:
+    """Canonical JSON (sorted keys, no whitespace) so equal records hash equally."""
+    data = model.model_dump(mode="json")
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def snapshot_id(snap: Snapshot) -> str:
+    """BLAKE3 of the snapshot without its `id` and mutable `verifications`."""
+    data = snap.model_dump(mode="json", exclude={"id", "verifications"})
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return blake3(raw).hexdigest()
+
+
+def _summarize(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "document"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc}: {first.get('msg', 'invalid')}{more}"
+
+
+def loads(model: type[M], raw: bytes, name: str) -> M:
+    """Parse and validate `raw` as `model`; any problem is a one-line ManifestError naming `name`."""
+    try:
+        data: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{name}: not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        version = data.get("format_version", data.get("version"))
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise ManifestError(
+                f"{name}: written by a newer chromasnap (format {version}, this one reads "
+                f"up to {FORMAT_VERSION}); upgrade chromasnap"
+            )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"{name}: invalid {model.__name__}: {_summarize(exc)}") from None
+
+
+def load_snapshot(raw: bytes, name: str) -> Snapshot:
+    snap = loads(Snapshot, raw, name)
+    if snapshot_id(snap) != snap.id:
+        raise ManifestError(f"{name}: content does not match its id (edited or damaged)")
+    return snap
+
+
+def load_config(raw: bytes, name: str) -> StoreConfig:
+    return loads(StoreConfig, raw, name)
+
+
+def load_chunk_list(raw: bytes, name: str) -> ChunkListDoc:
+    return loads(ChunkListDoc, raw, name)
+
+
+def json_schemas() -> dict[str, Any]:
+    """JSON Schema of every document chromasnap writes, keyed by document kind."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "store_config": StoreConfig.model_json_schema(),
+        "snapshot": Snapshot.model_json_schema(),
+        "chunk_list": ChunkListDoc.model_json_schema(),
+    }

@@ -1,0 +1,258 @@
+"""Pydantic models of everything chromasnap writes: store config, snapshots, chunk lists.
+
+The JSON these models produce *is* the on-disk format (see docs/format.md); change a
+field only together with FORMAT_VERSION and an upgrade step in ``manifest.upgrade``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+FORMAT_VERSION = 1
+"""Version of the store layout and of every JSON document in it."""
+
+
+def _check_relpath(value: str) -> str:
+    """Reject any path that could land outside the directory it is relative to."""
+    if not value or "\x00" in value or "\\" in value:
+        raise ValueError(f"unsafe path {value!r}")
+    if value.startswith("/") or posixpath.isabs(value):
+        raise ValueError(f"absolute path {value!r}")
+    parts = value.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"path {value!r} has an empty, '.' or '..' component")
+    return value
+
+
+RelPath = Annotated[str, AfterValidator(_check_relpath)]
+"""A relative POSIX path with no '..', '.', empty component, backslash or NUL."""
+
+
+def _check_key(value: str) -> str:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"not a 64-digit lowercase hex key: {value!r}")
+    return value
+
+
+Key = Annotated[str, AfterValidator(_check_key)]
+"""A BLAKE3-256 digest in lowercase hex: the name of a blob, pack, index or snapshot."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# --- store config --------------------------------------------------------------------
+
+
+class Compression(_Model):
+    algorithm: Literal["zstd"] = "zstd"
+    level: int = Field(3, ge=-7, le=22)
+
+
+class Chunking(_Model):
+    """Fixed chunk sizes, in bytes, per kind of stream (chosen by bench/chunking.py)."""
+
+    sqlite: int = Field(16 * 1024, ge=512, le=64 << 20)
+    hnsw_links: int = Field(64 * 1024, ge=512, le=64 << 20)
+    hnsw_vectors: int = Field(256 * 1024, ge=512, le=64 << 20)
+    other: int = Field(64 * 1024, ge=512, le=64 << 20)
+
+
+class RetentionPolicy(_Model):
+    """The store's retention rules (filled in by `chromasnap policy`; all unset means keep all)."""
+
+    keep_last: int | None = None
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: str | None = None
+    keep_tags: list[str] = Field(default_factory=list)
+    auto_prune: bool = False
+
+
+class StoreConfig(_Model):
+    """`config.json` at the root of a store: how to read everything else in it."""
+
+    format: Literal["chromasnap-store"] = "chromasnap-store"
+    version: int = FORMAT_VERSION
+    id: Key
+    created_at: datetime
+    hash: Literal["blake3"] = "blake3"
+    compression: Compression = Field(default_factory=Compression)
+    chunking: Chunking = Field(default_factory=Chunking)
+    pack_size: int = Field(16 << 20, ge=1 << 16)
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+
+
+# --- chunk lists (stored as blobs of type "list" in packs) -----------------------------
+
+ChunkRef = tuple[Key, int]
+"""(blob key, uncompressed length)."""
+
+
+class Extent(_Model):
+    """A run of data at `offset`, made of the listed chunks in order; gaps between extents are holes."""
+
+    offset: int = Field(ge=0)
+    chunks: list[ChunkRef]
+
+
+class PlainList(_Model):
+    layout: Literal["plain"] = "plain"
+    size: int = Field(ge=0)
+    extents: list[Extent]
+
+
+class HnswSplitList(_Model):
+    """`data_level0.bin` stored as two streams: each record's links, and its vector + label.
+
+    Record i (of `records`) is links[i*link_bytes:(i+1)*link_bytes] followed by
+    vectors[i*(record_size-link_bytes):...]. Bytes after records*record_size are `tail`.
+    """
+
+    layout: Literal["hnsw-split"] = "hnsw-split"
+    size: int = Field(ge=0)
+    record_size: int = Field(gt=0)
+    link_bytes: int = Field(gt=0)
+    records: int = Field(ge=0)
+    links: list[ChunkRef]
+    vectors: list[ChunkRef]
+    tail: list[ChunkRef] = Field(default_factory=list)
+
+
+ChunkList = Annotated[PlainList | HnswSplitList, Field(discriminator="layout")]
+
+
+class ChunkListDoc(_Model):
+    """Wrapper so a chunk list blob validates with one model."""
+
+    list: ChunkList
+
+
+# --- snapshots -----------------------------------------------------------------------
+
+
+class FileEntry(_Model):
+    path: RelPath
+    size: int = Field(ge=0, description="apparent size in bytes")
+    data_bytes: int = Field(ge=0, description="bytes in data regions (less than size if sparse)")
+    mode: int = Field(ge=0, le=0o7777)
+    mtime_ns: int
+    inode: int = Field(0, description="inode at capture; only used to skip unchanged files")
+    hash: Key = Field(description="BLAKE3 of the content, or of its extents if sparse")
+    hash_kind: Literal["content", "extents"] = "content"
+    layout: Literal["plain", "hnsw-split"] = "plain"
+    chunk_list: Key = Field(description="key of the blob holding this file's chunk list")
+    captured_by: Literal["read", "sqlite-shared-lock", "sqlite-backup-api", "parent"] = "read"
+
+
+class DirEntry(_Model):
+    path: RelPath
+    mode: int = Field(ge=0, le=0o7777)
+    mtime_ns: int = 0
+
+
+class SkippedEntry(_Model):
+    path: RelPath
+    kind: str
+    reason: str
+
+
+class SegmentState(_Model):
+    id: str
+    scope: str
+    type: str
+    max_seq_id: int | None = None
+
+
+class CollectionState(_Model):
+    id: str
+    name: str
+    dimension: int | None = None
+    database: str | None = None
+    records: int | None = Field(None, description="rows in `embeddings` for this collection")
+    queue_rows: int = 0
+    queue_min_seq_id: int | None = None
+    queue_max_seq_id: int | None = None
+    segments: list[SegmentState] = Field(default_factory=list)
+    hnsw_elements: int | None = Field(None, description="cur_element_count from header.bin")
+    hnsw_persisted: bool = Field(False, description="index_metadata.pickle exists")
+    vector_lags: bool = Field(False, description="the vector segment is behind the queue")
+    lag_covered: bool | None = Field(
+        None, description="every record written after the vector segment's max_seq_id is still queued"
+    )
+
+
+class WalState(_Model):
+    """Chroma's write-ahead state, read from the captured chroma.sqlite3 with sqlite3."""
+
+    change_counter: int | None = Field(None, description="SQLite header file change counter")
+    journal_mode: str = Field(description="'delete' (rollback journal) or 'wal', from the header")
+    leftover_files: list[str] = Field(default_factory=list)
+    hot_journal: bool = False
+    journal_action: str | None = None
+    automatically_purge: bool | None = None
+    queue_rows: int = 0
+    schema_migrations: dict[str, int] = Field(default_factory=dict)
+    collections: list[CollectionState] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Totals(_Model):
+    files: int = 0
+    logical_bytes: int = Field(0, description="sum of the files' apparent sizes")
+    data_bytes: int = 0
+    read_bytes: int = Field(0, description="bytes read from the database for this snapshot")
+    new_blobs: int = 0
+    new_bytes: int = Field(0, description="compressed bytes this snapshot added to the store")
+    reused_files: int = 0
+
+
+class Verification(_Model):
+    at: datetime
+    mode: Literal["quick", "full"]
+    interpreter: str | None = None
+    chromadb_version: str | None = None
+    verdict: str
+    ok: bool
+    duration_s: float
+    detail: str = ""
+
+
+class Snapshot(_Model):
+    """One snapshot: `snapshots/<id>.json`. `id` is BLAKE3 over the record without
+    `id` and `verifications` (see `snapshot_id`)."""
+
+    format_version: int = FORMAT_VERSION
+    id: Key
+    created_at: datetime
+    reason: str
+    tags: list[str] = Field(default_factory=list)
+    note: str | None = None
+    source: str = Field(description="absolute path of the database when captured")
+    hostname: str = ""
+    root_mode: int = Field(0o755, ge=0, le=0o7777, description="mode of the database folder")
+    parent: Key | None = None
+    chromasnap_version: str = ""
+    chromadb_version: str | None = Field(None, description="chromadb installed where captured")
+    totals: Totals = Field(default_factory=Totals)
+    dirs: list[DirEntry] = Field(default_factory=list)
+    files: list[FileEntry] = Field(default_factory=list)
+    skipped: list[SkippedEntry] = Field(default_factory=list)
+    wal: WalState
+    verifications: list[Verification] = Field(default_factory=list)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def last_verification(self) -> Verification | None:
+        return self.verifications[-1] if self.verifications else None

@@ -1,0 +1,200 @@
+"""The storage interface: every read and write of a store goes through a Backend.
+
+Names are relative POSIX paths inside the store ("config.json", "packs/ab/ab12…").
+LocalBackend keeps them in a directory; an object-storage backend (S3) will be a second
+implementation of the same methods. Nothing above this module touches store paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import fsutil
+from .errors import LockTimeout, StoreError
+
+LOCK_TIMEOUT_S = float(os.environ.get("CHROMASNAP_LOCK_TIMEOUT", "60"))
+
+
+def check_name(name: str) -> str:
+    """Store names are hostile until checked: relative, no '..', no empty parts."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\x00" in name or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"refusing unsafe store path {name!r}")
+    return name
+
+
+class Backend(ABC):
+    """Where a store's files live. Writes are atomic and durable when they return."""
+
+    location: str
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the store has been created (its config exists)."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Create the empty store container (idempotent)."""
+
+    @abstractmethod
+    def read(self, name: str) -> bytes: ...
+
+    @abstractmethod
+    def read_range(self, name: str, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def write(self, name: str, data: bytes) -> None:
+        """Store `data` under `name`, replacing any old content atomically and durably."""
+
+    @abstractmethod
+    def put_file(self, name: str, local: Path) -> None:
+        """Move a finished local scratch file to `name`, atomically and durably."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Names under the folder `prefix` (recursively), sorted."""
+
+    @abstractmethod
+    def remove(self, name: str) -> None: ...
+
+    @abstractmethod
+    def size(self, name: str) -> int: ...
+
+    @abstractmethod
+    def scratch_dir(self) -> Path:
+        """A private local directory for temporary files (packs being written, staging)."""
+
+    @abstractmethod
+    def lock(self, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """Exclusive lock for mutating operations; raises LockTimeout naming the holder."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release cached resources."""
+
+
+class LocalBackend(Backend):
+    """A store in a local directory: files 0600, folders 0700, every write via temp+fsync+rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+        self._fds: dict[str, int] = {}
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def exists(self) -> bool:
+        return (self.root / "config.json").is_file()
+
+    def create(self) -> None:
+        fsutil.make_private_dirs(self.root)
+        for sub in ("packs", "index", "snapshots", "tmp"):
+            fsutil.make_private_dirs(self.root / sub)
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"store file {name} is missing from {self.location}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {name} in {self.location}: {exc.strerror}") from None
+
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is None:
+            if len(self._fds) > 64:
+                self.close()
+            try:
+                fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                raise StoreError(f"store file {name} is missing from {self.location}") from None
+            self._fds[name] = fd
+        return fd
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd(name), length, offset)
+        if len(data) != length:
+            raise StoreError(f"store file {name} is truncated (wanted {length} bytes at {offset})")
+        return data
+
+    def write(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        fsutil.make_private_dirs(path.parent)
+        fsutil.atomic_write(path, data)
+
+    def put_file(self, name: str, local: Path) -> None:
+        path = self._path(name)
+        fsutil.make_private_dirs(path.parent)
+        fsutil.commit_file(local, path)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            out.extend(f"{rel}/{f}" for f in files if not f.startswith("."))
+        return sorted(out)
+
+    def remove(self, name: str) -> None:
+        path = self._path(name)
+        fd = self._fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            fsutil.fsync_dir(path.parent)
+
+    def size(self, name: str) -> int:
+        return self._path(name).stat().st_size
+
+    def scratch_dir(self) -> Path:
+        tmp = self.root / "tmp"
+        fsutil.make_private_dirs(tmp)
+        return tmp
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float | None = None) -> Iterator[None]:
+        from filelock import FileLock, Timeout
+
+        wait = LOCK_TIMEOUT_S if timeout is None else timeout
+        fsutil.make_private_dirs(self.root)
+        lock = FileLock(str(self.root / "lock"), mode=0o600)
+        owner = self.root / "lock.owner"
+        try:
+            lock.acquire(timeout=wait)
+        except Timeout:
+            holder = "another process"
+            with contextlib.suppress(OSError, ValueError):
+                info = json.loads(owner.read_text())
+                holder = f"pid {info['pid']} ({info['command']}) since {info['since']}"
+            raise LockTimeout(
+                f"store {self.location} is locked by {holder}; gave up after {wait:g}s"
+            ) from None
+        except PermissionError:
+            raise StoreError(f"cannot lock store {self.location}: permission denied") from None
+        try:
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            fsutil.atomic_write(owner, json.dumps(info).encode())
+            yield
+        finally:
+            lock.release()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

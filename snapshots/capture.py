@@ -1,0 +1,528 @@
+"""Capturing a live Chroma directory into a repository, consistently.
+
+Order matters: chroma.sqlite3 first (under a SQLite read lock, so no page can tear),
+then each segment folder (re-read until none of its files changed during the read).
+A vector segment captured newer than the SQLite file only replays queued writes it
+already holds; the reverse order could pair old HNSW files with a purged queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blake3 import blake3
+
+from chromasnap.manifest import (
+    ChunkListDoc,
+    DirEntry,
+    Extent,
+    FileEntry,
+    HnswSplitList,
+    PlainList,
+    SkippedEntry,
+    Snapshot,
+    WalState,
+    dumps,
+)
+
+from . import hnsw
+from .errors import CaptureError
+from .repository import BlobWriter, Repository
+from .sqlite_state import journal_mode_from_header, read_wal_state
+
+SQLITE_NAME = "chroma.sqlite3"
+SQLITE_SIDE_FILES = (SQLITE_NAME + "-journal", SQLITE_NAME + "-wal", SQLITE_NAME + "-shm")
+READ_BLOCK = 4 << 20
+RETRIES = 4
+RACY_NS = 2_000_000_000
+"""A file modified this close to the parent's capture may have changed unseen within one
+mtime tick, so it is read again instead of trusted (git's "racily clean" rule)."""
+
+Progress = Callable[[int], None]
+
+
+def _no_progress(_n: int) -> None:
+    pass
+
+
+@dataclass
+class Scan:
+    dirs: list[DirEntry] = field(default_factory=list)
+    files: list[tuple[str, os.stat_result]] = field(default_factory=list)
+    skipped: list[SkippedEntry] = field(default_factory=list)
+    side_files: list[str] = field(default_factory=list)
+    root_mode: int = 0o755
+
+
+def scan(root: Path) -> Scan:
+    """Walk the database folder without following symlinks; only regular files are kept."""
+    out = Scan(root_mode=stat.S_IMODE(os.lstat(root).st_mode))
+
+    def walk(rel: str) -> None:
+        with os.scandir(root / rel if rel else root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            path = f"{rel}/{e.name}" if rel else e.name
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                out.skipped.append(SkippedEntry(path=path, kind="symlink", reason="never followed"))
+            elif stat.S_ISDIR(st.st_mode):
+                out.dirs.append(DirEntry(path=path, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns))
+                walk(path)
+            elif not stat.S_ISREG(st.st_mode):
+                out.skipped.append(SkippedEntry(path=path, kind="special", reason="not a regular file"))
+            elif not rel and e.name in SQLITE_SIDE_FILES:
+                out.side_files.append(e.name)
+            else:
+                out.files.append((path, st))
+
+    walk("")
+    return out
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the data regions of a file, skipping holes (SEEK_DATA/SEEK_HOLE)."""
+    extents: list[tuple[int, int]] = []
+    off = 0
+    while off < size:
+        try:
+            start = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break
+            if exc.errno == errno.EINVAL:  # no SEEK_DATA support: all data
+                return [(0, size)] if size else []
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        extents.append((start, end - start))
+        off = end
+    return extents
+
+
+class StreamChunker:
+    """Cuts a byte stream into fixed-size chunks and queues each on the BlobWriter."""
+
+    def __init__(self, writer: BlobWriter, size: int) -> None:
+        self.writer, self.size = writer, size
+        self.buf = bytearray()
+        self.futures: list[Future[str]] = []
+        self.sizes: list[int] = []
+
+    def feed(self, data: bytes | memoryview) -> None:
+        self.buf += data
+        while len(self.buf) >= self.size:
+            self._emit(bytes(self.buf[: self.size]))
+            del self.buf[: self.size]
+
+    def _emit(self, chunk: bytes) -> None:
+        self.futures.append(self.writer.add(chunk))
+        self.sizes.append(len(chunk))
+
+    def finish(self) -> list[tuple[str, int]]:
+        if self.buf:
+            self._emit(bytes(self.buf))
+            self.buf = bytearray()
+        return [(f.result(), n) for f, n in zip(self.futures, self.sizes, strict=True)]
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_ctime_ns) == (
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ino,
+        b.st_ctime_ns,
+    )
+
+
+class Capturer:
+    """One snapshot run: reads the database and queues its chunks on a BlobWriter."""
+
+    def __init__(self, repo: Repository, writer: BlobWriter, progress: Progress | None) -> None:
+        self.repo, self.writer = repo, writer
+        self.chunking = repo.config.chunking
+        self.progress = progress or _no_progress
+        self.read_bytes = 0
+
+    # --- reading one file -----------------------------------------------------------
+
+    def _read(self, fd: int, offset: int, length: int) -> Iterator[bytes]:
+        end = offset + length
+        while offset < end:
+            block = os.pread(fd, min(READ_BLOCK, end - offset), offset)
+            if not block:
+                raise CaptureError("file shrank while being read")
+            offset += len(block)
+            self.read_bytes += len(block)
+            self.progress(len(block))
+            yield block
+
+    def _plain(self, fd: int, size: int, chunk: int) -> tuple[PlainList, str, str]:
+        extents = data_extents(fd, size)
+        sparse = extents != ([(0, size)] if size else [])
+        h = blake3()
+        out = []
+        for off, length in extents:
+            chunker = StreamChunker(self.writer, chunk)
+            if sparse:
+                h.update(off.to_bytes(8, "little") + length.to_bytes(8, "little"))
+            for block in self._read(fd, off, length):
+                h.update(block)
+                chunker.feed(block)
+            out.append(Extent(offset=off, chunks=chunker.finish()))
+        return PlainList(size=size, extents=out), h.hexdigest(), "extents" if sparse else "content"
+
+    def _split(self, fd: int, size: int, header: hnsw.HnswHeader) -> tuple[HnswSplitList, str, str]:
+        rec, link = header.size_data_per_element, header.offset_data
+        records = size // rec
+        links = StreamChunker(self.writer, self.chunking.hnsw_links)
+        vectors = StreamChunker(self.writer, self.chunking.hnsw_vectors)
+        tail = StreamChunker(self.writer, self.chunking.other)
+        h = blake3()
+        per_block = max(1, READ_BLOCK // rec)
+        off = 0
+        while off < records * rec:
+            n = min(per_block, records - off // rec) * rec
+            block = b"".join(self._read(fd, off, n))
+            h.update(block)
+            a, b = hnsw.split_records(block, rec, link)
+            links.feed(a)
+            vectors.feed(b)
+            off += n
+        for block in self._read(fd, off, size - off):
+            h.update(block)
+            tail.feed(block)
+        doc = HnswSplitList(
+            size=size,
+            record_size=rec,
+            link_bytes=link,
+            records=records,
+            links=links.finish(),
+            vectors=vectors.finish(),
+            tail=tail.finish(),
+        )
+        return doc, h.hexdigest(), "content"
+
+    def read_file(
+        self, root: Path, rel: str, chunk: int, header: hnsw.HnswHeader | None = None
+    ) -> tuple[FileEntry, os.stat_result]:
+        """Read one file, retrying while it changes underneath us."""
+        path = root / rel
+        for attempt in range(RETRIES):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise CaptureError(f"cannot read {path}: {exc.strerror}") from None
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    raise CaptureError(f"{path} is no longer a regular file")
+                size = before.st_size
+                split = header is not None and data_extents(fd, size) == ([(0, size)] if size else [])
+                if split and header is not None:
+                    doc: PlainList | HnswSplitList
+                    doc, digest, kind = self._split(fd, size, header)
+                else:
+                    doc, digest, kind = self._plain(fd, size, chunk)
+                after = os.fstat(fd)
+            except OSError as exc:
+                raise CaptureError(f"cannot read {path}: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+            try:
+                now = os.lstat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and _same(before, after) and _same(before, now):
+                return self._entry(rel, before, doc, digest, kind), before
+            time.sleep(0.05 * 2**attempt)
+        raise CaptureError(
+            f"{path} kept changing while being read ({RETRIES} tries); is a writer running "
+            "outside before_write?"
+        )
+
+    def _entry(
+        self, rel: str, st: os.stat_result, doc: PlainList | HnswSplitList, digest: str, kind: str
+    ) -> FileEntry:
+        list_key = self.writer.add_sync(dumps(ChunkListDoc(list=doc)), "list")
+        data = doc.size if isinstance(doc, HnswSplitList) else sum(
+            n for e in doc.extents for _, n in e.chunks
+        )
+        return FileEntry(
+            path=rel,
+            size=st.st_size,
+            data_bytes=data,
+            mode=stat.S_IMODE(st.st_mode),
+            mtime_ns=st.st_mtime_ns,
+            inode=st.st_ino,
+            hash=digest,
+            hash_kind="extents" if kind == "extents" else "content",
+            layout=doc.layout,
+            chunk_list=list_key,
+        )
+
+    # --- chroma.sqlite3 ---------------------------------------------------------------
+
+    def read_sqlite(self, root: Path, scratch: Path, side: list[str]) -> tuple[FileEntry, Path, WalState]:
+        """Copy chroma.sqlite3 privately under a SQLite read lock, then chunk the copy.
+
+        Returns the entry, the private copy (caller removes it) and a WalState holding
+        what was found about journals; the rest of the WAL state is read from the copy.
+        """
+        live = root / SQLITE_NAME
+        copy = scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}"
+        wal = WalState(journal_mode="delete", leftover_files=sorted(side))
+        with live.open("rb") as fh:
+            header = fh.read(100)
+        wal.journal_mode = journal_mode_from_header(header)
+        how = "sqlite-shared-lock"
+        st = os.lstat(live)
+        if wal.journal_mode == "wal":
+            how = "sqlite-backup-api"
+            self._backup(live, copy)
+        else:
+            try:
+                st = self._copy_under_read_lock(live, copy)
+            except sqlite3.OperationalError as exc:
+                if (root / SQLITE_SIDE_FILES[0]).exists() and "readonly" in str(exc).lower():
+                    wal.hot_journal = True
+                    wal.journal_action = (
+                        "hot journal rolled back in a private copy; the live database was not touched"
+                    )
+                    self._rollback_privately(live, copy, scratch)
+                else:
+                    raise CaptureError(f"cannot read {live} with SQLite: {exc}") from None
+        if (root / SQLITE_SIDE_FILES[0]).exists() and not wal.hot_journal:
+            wal.journal_action = "journal of a transaction in progress; its changes are not captured"
+        try:
+            fd = os.open(copy, os.O_RDONLY)
+            try:
+                doc, digest, kind = self._plain(fd, os.fstat(fd).st_size, self.chunking.sqlite)
+            finally:
+                os.close(fd)
+            with copy.open("rb") as fh:
+                wal.change_counter = int.from_bytes(fh.read(100)[24:28], "big")
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
+        entry = self._entry(SQLITE_NAME, st, doc, digest, kind)
+        entry.size = doc.size
+        entry.captured_by = "sqlite-backup-api" if how == "sqlite-backup-api" else "sqlite-shared-lock"
+        return entry, copy, wal
+
+    @staticmethod
+    def _copy_under_read_lock(live: Path, copy: Path) -> os.stat_result:
+        """In rollback-journal mode a SHARED lock stops every writer from changing the file."""
+        db = sqlite3.connect(f"file:{live}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            st = os.lstat(live)
+            with live.open("rb") as src, open(copy, "xb") as dst:
+                os.chmod(copy, 0o600)
+                shutil.copyfileobj(src, dst, 4 << 20)
+            db.execute("COMMIT")
+            return st
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
+        finally:
+            db.close()
+
+    @staticmethod
+    def _backup(live: Path, copy: Path) -> None:
+        """WAL mode: SQLite's online backup API reads a consistent view of db + wal."""
+        try:
+            src = sqlite3.connect(f"file:{live}?mode=ro", uri=True, timeout=30)
+            src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            src = sqlite3.connect(str(live), timeout=30)
+        try:
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            dst = sqlite3.connect(str(copy))
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dst.close()
+        except sqlite3.Error as exc:
+            copy.unlink(missing_ok=True)
+            raise CaptureError(f"cannot back up {live}: {exc}") from None
+        finally:
+            src.close()
+
+    @staticmethod
+    def _rollback_privately(live: Path, copy: Path, scratch: Path) -> None:
+        """Let SQLite roll a hot journal back in a private copy of the db and its journal."""
+        work = scratch / f"hot-{os.getpid()}-{os.urandom(4).hex()}"
+        os.mkdir(work, 0o700)
+        try:
+            # Journal first: if a process rolls back meanwhile, replaying the saved original
+            # pages onto the rolled-back file gives the same result.
+            shutil.copyfile(live.with_name(SQLITE_SIDE_FILES[0]), work / SQLITE_SIDE_FILES[0])
+            shutil.copyfile(live, work / SQLITE_NAME)
+            db = sqlite3.connect(str(work / SQLITE_NAME))
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                db.close()
+            os.rename(work / SQLITE_NAME, copy)
+        except sqlite3.Error as exc:
+            raise CaptureError(f"cannot roll back the hot journal of {live}: {exc}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def capture(
+    repo: Repository,
+    writer: BlobWriter,
+    root: Path,
+    parent: Snapshot | None,
+    progress: Progress | None = None,
+) -> tuple[list[DirEntry], list[FileEntry], list[SkippedEntry], WalState, int, int]:
+    """Capture `root`; returns dirs, files, skipped, WAL state, bytes read, files reused."""
+    cap = Capturer(repo, writer, progress)
+    found = scan(root)
+    scratch = repo.backend.scratch_dir()
+    prev = {f.path: f for f in parent.files} if parent else {}
+    racy_before = int(parent.created_at.timestamp() * 1e9) - RACY_NS if parent else 0
+    index = repo.index()
+    reused = 0
+
+    def reusable(rel: str, st: os.stat_result) -> FileEntry | None:
+        old = prev.get(rel)
+        if (
+            old is not None
+            and (old.size, old.mtime_ns, old.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+            and st.st_mtime_ns < racy_before
+            and old.chunk_list in index
+        ):
+            return old.model_copy(update={"captured_by": "parent"})
+        return None
+
+    files: dict[str, FileEntry] = {}
+    stats = dict(found.files)
+    if SQLITE_NAME not in stats:
+        raise CaptureError(f"{root} has no {SQLITE_NAME}")
+
+    # 1. chroma.sqlite3
+    copy: Path | None = None
+    sq_old = reusable(SQLITE_NAME, stats[SQLITE_NAME])
+    with (root / SQLITE_NAME).open("rb") as fh:
+        counter = int.from_bytes(fh.read(100)[24:28], "big")
+    if (
+        sq_old is not None
+        and parent is not None
+        and not found.side_files
+        and parent.wal.journal_mode == "delete"
+        and parent.wal.change_counter == counter
+    ):
+        files[SQLITE_NAME] = sq_old
+        wal = parent.wal.model_copy(deep=True)
+        reused += 1
+    else:
+        entry, copy, wal = cap.read_sqlite(root, scratch, found.side_files)
+        files[SQLITE_NAME] = entry
+
+    try:
+        # 2. every other file, one folder at a time, consistent within the folder
+        hnsw_info: dict[str, tuple[int | None, bool]] = {}
+        by_dir: dict[str, list[tuple[str, os.stat_result]]] = {}
+        for rel, st in found.files:
+            if rel != SQLITE_NAME:
+                by_dir.setdefault(rel.rsplit("/", 1)[0] if "/" in rel else "", []).append((rel, st))
+        for folder, members in sorted(by_dir.items()):
+            entries, elements = _capture_folder(cap, root, folder, members, reusable)
+            reused += sum(1 for e in entries if e.captured_by == "parent")
+            for e in entries:
+                files[e.path] = e
+            if folder:
+                names = {m[0].rsplit("/", 1)[-1] for m in members}
+                hnsw_info[folder] = (elements, "index_metadata.pickle" in names)
+
+        # 3. WAL state from the private copy, consistent with the captured bytes
+        if copy is not None:
+            found_wal = read_wal_state(copy, hnsw_info)
+            found_wal.leftover_files = wal.leftover_files
+            found_wal.hot_journal = wal.hot_journal
+            found_wal.journal_action = wal.journal_action
+            found_wal.change_counter = wal.change_counter
+            found_wal.journal_mode = wal.journal_mode
+            wal = found_wal
+        else:
+            for c in wal.collections:
+                for s in c.segments:
+                    if s.scope == "VECTOR" and s.id in hnsw_info:
+                        c.hnsw_elements, c.hnsw_persisted = hnsw_info[s.id]
+    finally:
+        if copy is not None:
+            with contextlib.suppress(FileNotFoundError):
+                copy.unlink()
+
+    ordered = [files[rel] for rel, _ in found.files]
+    dirs = found.dirs
+    return dirs, ordered, found.skipped, wal, cap.read_bytes, reused
+
+
+def _capture_folder(
+    cap: Capturer,
+    root: Path,
+    folder: str,
+    members: list[tuple[str, os.stat_result]],
+    reusable: Callable[[str, os.stat_result], FileEntry | None],
+) -> tuple[list[FileEntry], int | None]:
+    """Capture a folder's files so that none changed between the first read and the last."""
+    for attempt in range(RETRIES):
+        header: hnsw.HnswHeader | None = None
+        elements: int | None = None
+        names = {rel.rsplit("/", 1)[-1]: rel for rel, _ in members}
+        if folder and "header.bin" in names:
+            try:
+                raw = (root / names["header.bin"]).read_bytes()
+            except OSError:
+                raw = b""
+            header = hnsw.parse_header(raw)
+            if header is not None:
+                elements = header.cur_element_count
+        entries: list[FileEntry] = []
+        seen: list[tuple[str, os.stat_result]] = []
+        for rel, st in members:
+            try:
+                cur = os.lstat(root / rel)
+            except FileNotFoundError:
+                continue  # removed since the scan: the folder is being rewritten
+            old = reusable(rel, cur)
+            if old is not None:
+                entries.append(old)
+                seen.append((rel, cur))
+                continue
+            is_level0 = rel.endswith("/data_level0.bin")
+            chunk = cap.chunking.other
+            entry, st_read = cap.read_file(root, rel, chunk, header if is_level0 else None)
+            entries.append(entry)
+            seen.append((rel, st_read))
+        stable = True
+        for rel, st in seen:
+            try:
+                stable = stable and _same(st, os.lstat(root / rel))
+            except FileNotFoundError:
+                stable = False
+        if stable:
+            return entries, elements
+        time.sleep(0.05 * 2**attempt)
+    raise CaptureError(
+        f"segment folder {root / folder} kept changing during capture ({RETRIES} tries); "
+        "take snapshots from before_write, or while no process writes"
+    )

@@ -1,0 +1,265 @@
+"""The repository: a store's config, index, blobs and snapshots, on top of a Backend.
+
+Write order makes a crash harmless: packs first, then the index file naming their
+blobs, then the snapshot document. Anything written before a crash but not yet
+referenced by a snapshot is garbage that gc reclaims; no snapshot is ever partial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import zstandard
+from blake3 import blake3
+
+from chromasnap.manifest import (
+    ChunkListDoc,
+    ManifestError,
+    Snapshot,
+    StoreConfig,
+    dumps,
+    load_chunk_list,
+    load_config,
+    load_snapshot,
+)
+
+from .backend import Backend
+from .errors import SnapshotNotFound, StoreError, UsageError
+from .pack import BlobLocation, PackFile, pack_name
+
+INDEX_VERSION = 1
+
+
+class Repository:
+    """Typed access to one store. Readers need no lock; writers hold `backend.lock()`."""
+
+    def __init__(self, backend: Backend, config: StoreConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self._index: dict[str, BlobLocation] | None = None
+        self._dctx = threading.local()
+
+    # --- opening ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, backend: Backend) -> Repository:
+        if not backend.exists():
+            raise UsageError(f"no chromasnap store at {backend.location}")
+        try:
+            config = load_config(backend.read("config.json"), f"{backend.location}/config.json")
+        except ManifestError as exc:
+            raise StoreError(str(exc)) from None
+        return cls(backend, config)
+
+    @classmethod
+    def open_or_create(cls, backend: Backend, **config: Any) -> Repository:
+        if backend.exists():
+            return cls.open(backend)
+        backend.create()
+        cfg = StoreConfig(id=os.urandom(32).hex(), created_at=datetime.now(UTC), **config)
+        backend.write("config.json", dumps(cfg))
+        return cls(backend, cfg)
+
+    # --- index --------------------------------------------------------------------
+
+    def index(self) -> dict[str, BlobLocation]:
+        """Every known blob: the union of all index files, loaded once."""
+        if self._index is None:
+            idx: dict[str, BlobLocation] = {}
+            for name in self.backend.list("index"):
+                try:
+                    doc = json.loads(self.backend.read(name))
+                    for pack in doc["packs"]:
+                        pid = pack["id"]
+                        for key, btype, off, length, raw in pack["blobs"]:
+                            idx[key] = BlobLocation(pid, btype, off, length, raw)
+                except (ValueError, KeyError, TypeError):
+                    # A damaged index file loses only dedup knowledge; the packs still
+                    # describe themselves, and verify reports what cannot be found.
+                    continue
+            self._index = idx
+        return self._index
+
+    def has_blob(self, key: str) -> bool:
+        return key in self.index()
+
+    def read_blob(self, key: str) -> bytes:
+        """The blob's uncompressed bytes, checked against its key."""
+        loc = self.index().get(key)
+        if loc is None:
+            raise StoreError(f"blob {key[:16]} is not in the store's index")
+        body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
+        dctx = getattr(self._dctx, "d", None)
+        if dctx is None:
+            dctx = self._dctx.d = zstandard.ZstdDecompressor()
+        try:
+            raw = dctx.decompress(body, max_output_size=loc.raw_length)
+        except zstandard.ZstdError as exc:
+            raise StoreError(f"blob {key[:16]} in pack {loc.pack[:16]} is damaged: {exc}") from None
+        if len(raw) != loc.raw_length or blake3(raw).hexdigest() != key:
+            raise StoreError(f"blob {key[:16]} in pack {loc.pack[:16]} does not match its hash")
+        return raw
+
+    def read_chunk_list(self, key: str) -> ChunkListDoc:
+        try:
+            return load_chunk_list(self.read_blob(key), f"chunk list {key[:16]}")
+        except ManifestError as exc:
+            raise StoreError(str(exc)) from None
+
+    # --- snapshots ----------------------------------------------------------------
+
+    def snapshot_ids(self) -> list[str]:
+        out = []
+        for name in self.backend.list("snapshots"):
+            base = name.rsplit("/", 1)[-1]
+            if base.endswith(".json"):
+                out.append(base[: -len(".json")])
+        return out
+
+    def load_snapshot(self, snap_id: str) -> Snapshot:
+        name = f"snapshots/{snap_id}.json"
+        try:
+            return load_snapshot(self.backend.read(name), f"{self.backend.location}/{name}")
+        except ManifestError as exc:
+            raise StoreError(str(exc)) from None
+
+    def snapshots(self) -> tuple[list[Snapshot], list[str]]:
+        """All readable snapshots, oldest first, and one message per unreadable one."""
+        snaps, problems = [], []
+        for sid in self.snapshot_ids():
+            try:
+                snaps.append(self.load_snapshot(sid))
+            except StoreError as exc:
+                problems.append(str(exc))
+        snaps.sort(key=lambda s: (s.created_at, s.id))
+        return snaps, problems
+
+    def resolve(self, ref: str) -> str:
+        """Full id from a unique prefix (at least 4 digits) or `latest`."""
+        ids = self.snapshot_ids()
+        if ref == "latest":
+            snaps, _ = self.snapshots()
+            if not snaps:
+                raise SnapshotNotFound("the store has no snapshots yet")
+            return snaps[-1].id
+        ref = ref.lower()
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise SnapshotNotFound(f"{ref!r} is not a snapshot id (give 4 or more hex digits, or 'latest')")
+        found = [i for i in ids if i.startswith(ref)]
+        if not found:
+            raise SnapshotNotFound(f"no snapshot matches {ref!r}")
+        if len(found) > 1:
+            raise SnapshotNotFound(f"{ref!r} matches {len(found)} snapshots; give more digits")
+        return found[0]
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        self.backend.write(f"snapshots/{snap.id}.json", dumps(snap))
+
+    # --- writing ------------------------------------------------------------------
+
+    def writer(self, workers: int | None = None) -> BlobWriter:
+        return BlobWriter(self, workers)
+
+
+class BlobWriter:
+    """Hashes, deduplicates, compresses and packs blobs on a thread pool.
+
+    `add` returns a Future of the blob key so callers can keep reading while workers
+    compress; `commit` finishes the last pack and writes one index file for all new
+    packs. Until `commit` returns, nothing written is referenced by anything.
+    """
+
+    def __init__(self, repo: Repository, workers: int | None = None) -> None:
+        self.repo = repo
+        self.level = repo.config.compression.level
+        self.pack_size = repo.config.pack_size
+        self.known = repo.index()
+        self.scratch = repo.backend.scratch_dir()
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._pack: PackFile | None = None
+        self._packs: list[dict[str, Any]] = []
+        self._local = threading.local()
+        n = workers or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="chromasnap-blob")
+        self._slots = threading.BoundedSemaphore(4 * n)
+        self.new_blobs = 0
+        self.new_bytes = 0
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
+        return c
+
+    def _store(self, data: bytes, blob_type: str) -> str:
+        key = blake3(data).hexdigest()
+        with self._lock:
+            if key in self.known or key in self._pending:
+                return key
+            self._pending.add(key)
+        body = self._compressor().compress(data)
+        with self._lock:
+            if self._pack is None:
+                self._pack = PackFile(self.scratch)
+            self._pack.add(key, blob_type, body, len(data))
+            self.new_blobs += 1
+            self.new_bytes += len(body)
+            if self._pack.size >= self.pack_size:
+                self._finish_pack()
+        return key
+
+    def _finish_pack(self) -> None:
+        pack = self._pack
+        if pack is None or not pack.blobs:
+            return
+        self._pack = None
+        pack_id, local = pack.finish()
+        self.repo.backend.put_file(pack_name(pack_id), local)
+        self._packs.append({"id": pack_id, "size": pack.size, "blobs": pack.blobs})
+
+    def add(self, data: bytes, blob_type: str = "data") -> Future[str]:
+        """Queue `data`; blocks while too many blobs are in flight (bounded memory)."""
+        self._slots.acquire()
+        fut = self._pool.submit(self._store, data, blob_type)
+        fut.add_done_callback(lambda _f: self._slots.release())
+        return fut
+
+    def add_sync(self, data: bytes, blob_type: str = "data") -> str:
+        return self.add(data, blob_type).result()
+
+    def commit(self) -> None:
+        """Finish the last pack and durably record every new blob in one index file."""
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            self._finish_pack()
+        if self._packs:
+            doc = json.dumps({"version": INDEX_VERSION, "packs": self._packs}, separators=(",", ":"))
+            raw = doc.encode()
+            self.repo.backend.write(f"index/{blake3(raw).hexdigest()}.json", raw)
+            for pack in self._packs:
+                for key, btype, off, length, rawlen in pack["blobs"]:
+                    self.known[key] = BlobLocation(pack["id"], btype, off, length, rawlen)
+            self._packs = []
+
+    def abort(self) -> None:
+        """Drop the pack being written; packs already committed stay as garbage for gc."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            if self._pack is not None:
+                self._pack.abort()
+                self._pack = None
+
+
+def gather(futures: Iterable[Future[str]], sizes: Iterable[int]) -> list[tuple[str, int]]:
+    """Resolve (future key, length) pairs into chunk refs, in order."""
+    return [(f.result(), n) for f, n in zip(futures, sizes, strict=True)]
+
+
+ProgressFn = Callable[[int], None]
