@@ -15,7 +15,9 @@ import typer
 
 DbOpt = Annotated[
     Path | None,
-    typer.Option("--db", envvar="CHROMASNAP_DB", help="Chroma database directory.", show_default=False),
+    typer.Option(
+        "--db", envvar="CHROMASNAP_DB", help="Chroma database directory.", show_default=False
+    ),
 ]
 StoreOpt = Annotated[
     Path | None,
@@ -98,7 +100,13 @@ def progress_bar(label: str, total: int | None, enabled: bool) -> Iterator[Calla
         yield lambda _n: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     with Progress(
         f"[bold]{label}",

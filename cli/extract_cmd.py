@@ -7,12 +7,23 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, progress_bar
+from .common import (
+    DbOpt,
+    DebugOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    manager,
+    print_json,
+    progress_bar,
+)
 
 
 @handle_errors
 def extract_cmd(
-    snapshot_id: Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")],
+    snapshot_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")
+    ],
     target: Annotated[Path, typer.Argument(metavar="DIR", help="New or empty directory.")],
     db: DbOpt = None,
     store: StoreOpt = None,
@@ -27,4 +38,6 @@ def extract_cmd(
     if json_out:
         print_json({"id": snap.id, "path": str(out), "files": snap.totals.files})
     else:
-        typer.echo(f"extracted {snap.short_id} into {out} ({snap.totals.files} files, all hashes match)")
+        typer.echo(
+            f"extracted {snap.short_id} into {out} ({snap.totals.files} files, all hashes match)"
+        )

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
-from .common import summary
+from .common import (
+    DbOpt,
+    DebugOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
+    summary,
+)
 
 
 @handle_errors
-def list_cmd(db: DbOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
+def list_cmd(
+    db: DbOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
+) -> None:
     """List snapshots with their size, what each added, and the last verification."""
     mgr = manager(db, store)
     if not mgr.backend.exists():
         from chromasnap.snapshots import UsageError
 
-        raise UsageError(f"no chromasnap store at {mgr.store_path} (take one with `chromasnap snapshot`)")
+        raise UsageError(
+            f"no chromasnap store at {mgr.store_path} (take one with `chromasnap snapshot`)"
+        )
     snaps = mgr.list()
     for problem in mgr.problems:
         typer.echo(f"warning: {problem}", err=True)

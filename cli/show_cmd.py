@@ -6,12 +6,23 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+from .common import (
+    DbOpt,
+    DebugOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
+)
 
 
 @handle_errors
 def show_cmd(
-    snapshot_id: Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")],
+    snapshot_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")
+    ],
     db: DbOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
@@ -39,8 +50,11 @@ def show_cmd(
         ("schema", ", ".join(f"{k}={v}" for k, v in sorted(w.schema_migrations.items())) or "-"),
         ("size", f"{human_bytes(t.logical_bytes)} in {t.files} files ({t.reused_files} unchanged)"),
         ("new", f"{human_bytes(t.new_bytes)} in {t.new_blobs} blobs"),
-        ("journal", f"{w.journal_mode}; leftover: {', '.join(w.leftover_files) or 'none'}"
-         + ("; HOT JOURNAL" if w.hot_journal else "")),
+        (
+            "journal",
+            f"{w.journal_mode}; leftover: {', '.join(w.leftover_files) or 'none'}"
+            + ("; HOT JOURNAL" if w.hot_journal else ""),
+        ),
         ("queue", f"{w.queue_rows} rows; automatically_purge={w.automatically_purge}"),
     ):
         con.print(f"  {k:9} {v}")
@@ -55,7 +69,9 @@ def show_cmd(
         ct.add_row(
             c.name,
             str(c.records),
-            "-" if c.hnsw_elements is None else f"{c.hnsw_elements}" + ("" if c.hnsw_persisted else " (unpersisted)"),
+            "-"
+            if c.hnsw_elements is None
+            else f"{c.hnsw_elements}" + ("" if c.hnsw_persisted else " (unpersisted)"),
             str(c.queue_rows),
             "-" if vec is None or vec.max_seq_id is None else str(vec.max_seq_id),
             lag,
@@ -76,8 +92,14 @@ def show_cmd(
         for c in ("at", "mode", "verdict", "chromadb", "seconds", "detail"):
             vt.add_column(c)
         for v in s.verifications:
-            vt.add_row(v.at.isoformat(), v.mode, v.verdict, v.chromadb_version or "-",
-                       f"{v.duration_s:.1f}", v.detail[:80])
+            vt.add_row(
+                v.at.isoformat(),
+                v.mode,
+                v.verdict,
+                v.chromadb_version or "-",
+                f"{v.duration_s:.1f}",
+                v.detail[:80],
+            )
         con.print(vt)
     else:
         con.print("  never verified")

@@ -6,13 +6,24 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
-from .common import progress_bar
+from .common import (
+    DbOpt,
+    DebugOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
+    progress_bar,
+)
 
 
 @handle_errors
 def snapshot_cmd(
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag to attach (repeatable).")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Tag to attach (repeatable).")
+    ] = None,
     note: Annotated[str | None, typer.Option("--note", help="Free text to keep with it.")] = None,
     reason: Annotated[str, typer.Option("--reason", help="Why it was taken.")] = "manual",
     db: DbOpt = None,
@@ -24,7 +35,9 @@ def snapshot_cmd(
     mgr = manager(db, store)
     total = None
     if mgr.db_path is not None and mgr.db_path.is_dir():
-        total = sum(p.stat().st_size for p in mgr.db_path.rglob("*") if p.is_file() and not p.is_symlink())
+        total = sum(
+            p.stat().st_size for p in mgr.db_path.rglob("*") if p.is_file() and not p.is_symlink()
+        )
     with progress_bar("snapshot", total, not json_out) as prog:
         snap = mgr.snapshot(reason=reason, tags=tag or [], note=note, progress=prog)
     if json_out:

@@ -38,7 +38,7 @@ def _summarize(err: ValidationError) -> str:
 
 
 def loads(model: type[M], raw: bytes, name: str) -> M:
-    """Parse and validate `raw` as `model`; any problem is a one-line ManifestError naming `name`."""
+    """Parse and validate `raw` as `model`; problems are one-line ManifestErrors naming `name`."""
     try:
         data: Any = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -7,6 +7,7 @@ field only together with FORMAT_VERSION and an upgrade step in ``manifest.upgrad
 from __future__ import annotations
 
 import posixpath
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -32,8 +33,11 @@ RelPath = Annotated[str, AfterValidator(_check_relpath)]
 """A relative POSIX path with no '..', '.', empty component, backslash or NUL."""
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def _check_key(value: str) -> str:
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if not _HEX64.fullmatch(value):
         raise ValueError(f"not a 64-digit lowercase hex key: {value!r}")
     return value
 
@@ -51,7 +55,7 @@ class _Model(BaseModel):
 
 class Compression(_Model):
     algorithm: Literal["zstd"] = "zstd"
-    level: int = Field(3, ge=-7, le=22)
+    level: int = Field(1, ge=-7, le=22)
 
 
 class Chunking(_Model):
@@ -98,7 +102,7 @@ ChunkRef = tuple[Key, int]
 
 
 class Extent(_Model):
-    """A run of data at `offset`, made of the listed chunks in order; gaps between extents are holes."""
+    """A run of data at `offset` made of the listed chunks; gaps between extents are holes."""
 
     offset: int = Field(ge=0)
     chunks: list[ChunkRef]
@@ -145,6 +149,7 @@ class FileEntry(_Model):
     data_bytes: int = Field(ge=0, description="bytes in data regions (less than size if sparse)")
     mode: int = Field(ge=0, le=0o7777)
     mtime_ns: int
+    ctime_ns: int = Field(0, description="status change time at capture; to skip unchanged files")
     inode: int = Field(0, description="inode at capture; only used to skip unchanged files")
     hash: Key = Field(description="BLAKE3 of the content, or of its extents if sparse")
     hash_kind: Literal["content", "extents"] = "content"
@@ -181,12 +186,16 @@ class CollectionState(_Model):
     queue_rows: int = 0
     queue_min_seq_id: int | None = None
     queue_max_seq_id: int | None = None
+    metadata_pending: int = Field(
+        0, description="queued rows the metadata segment has not applied yet (replayed on open)"
+    )
     segments: list[SegmentState] = Field(default_factory=list)
     hnsw_elements: int | None = Field(None, description="cur_element_count from header.bin")
     hnsw_persisted: bool = Field(False, description="index_metadata.pickle exists")
     vector_lags: bool = Field(False, description="the vector segment is behind the queue")
     lag_covered: bool | None = Field(
-        None, description="every record written after the vector segment's max_seq_id is still queued"
+        None,
+        description="every record written after the vector segment's max_seq_id is still queued",
     )
 
 

@@ -20,13 +20,24 @@ from pathlib import Path
 from . import fsutil
 from .errors import LockTimeout, StoreError
 
-LOCK_TIMEOUT_S = float(os.environ.get("CHROMASNAP_LOCK_TIMEOUT", "60"))
+
+def lock_timeout() -> float:
+    """Seconds to wait for the store lock: CHROMASNAP_LOCK_TIMEOUT, default 60."""
+    try:
+        return float(os.environ.get("CHROMASNAP_LOCK_TIMEOUT", "60"))
+    except ValueError:
+        return 60.0
 
 
 def check_name(name: str) -> str:
     """Store names are hostile until checked: relative, no '..', no empty parts."""
     parts = name.split("/")
-    if not name or name.startswith("/") or "\x00" in name or any(p in ("", ".", "..") for p in parts):
+    if (
+        not name
+        or name.startswith("/")
+        or "\x00" in name
+        or any(p in ("", ".", "..") for p in parts)
+    ):
         raise StoreError(f"refusing unsafe store path {name!r}")
     return name
 
@@ -139,7 +150,7 @@ class LocalBackend(Backend):
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        out = []
+        out: list[str] = []
         for dirpath, _dirs, files in os.walk(base):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             out.extend(f"{rel}/{f}" for f in files if not f.startswith("."))
@@ -166,7 +177,7 @@ class LocalBackend(Backend):
     def lock(self, timeout: float | None = None) -> Iterator[None]:
         from filelock import FileLock, Timeout
 
-        wait = LOCK_TIMEOUT_S if timeout is None else timeout
+        wait = lock_timeout() if timeout is None else timeout
         fsutil.make_private_dirs(self.root)
         lock = FileLock(str(self.root / "lock"), mode=0o600)
         owner = self.root / "lock.owner"

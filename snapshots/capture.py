@@ -8,7 +8,6 @@ already holds; the reverse order could pair old HNSW files with a purged queue.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -38,7 +37,12 @@ from chromasnap.manifest import (
 from . import hnsw
 from .errors import CaptureError
 from .repository import BlobWriter, Repository
-from .sqlite_state import journal_mode_from_header, read_wal_state
+from .sqlite_state import (
+    apply_hnsw,
+    journal_mode_from_header,
+    read_wal_state,
+    read_wal_state_file,
+)
 
 SQLITE_NAME = "chroma.sqlite3"
 SQLITE_SIDE_FILES = (SQLITE_NAME + "-journal", SQLITE_NAME + "-wal", SQLITE_NAME + "-shm")
@@ -49,6 +53,7 @@ RACY_NS = 2_000_000_000
 mtime tick, so it is read again instead of trusted (git's "racily clean" rule)."""
 
 Progress = Callable[[int], None]
+HOT_JOURNAL_ACTION = "hot journal rolled back in a private copy; live files untouched"
 
 
 def _no_progress(_n: int) -> None:
@@ -77,10 +82,14 @@ def scan(root: Path) -> Scan:
             if stat.S_ISLNK(st.st_mode):
                 out.skipped.append(SkippedEntry(path=path, kind="symlink", reason="never followed"))
             elif stat.S_ISDIR(st.st_mode):
-                out.dirs.append(DirEntry(path=path, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns))
+                out.dirs.append(
+                    DirEntry(path=path, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns)
+                )
                 walk(path)
             elif not stat.S_ISREG(st.st_mode):
-                out.skipped.append(SkippedEntry(path=path, kind="special", reason="not a regular file"))
+                out.skipped.append(
+                    SkippedEntry(path=path, kind="special", reason="not a regular file")
+                )
             elif not rel and e.name in SQLITE_SIDE_FILES:
                 out.side_files.append(e.name)
             else:
@@ -112,29 +121,53 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
 
 
 class StreamChunker:
-    """Cuts a byte stream into fixed-size chunks and queues each on the BlobWriter."""
+    """Cuts a byte stream into fixed-size chunks and queues them on the BlobWriter in
+    batches of about BATCH bytes."""
+
+    BATCH = 2 << 20
 
     def __init__(self, writer: BlobWriter, size: int) -> None:
         self.writer, self.size = writer, size
         self.buf = bytearray()
-        self.futures: list[Future[str]] = []
+        self.batch: list[bytes] = []
+        self.batch_bytes = 0
+        self.futures: list[Future[list[str]]] = []
         self.sizes: list[int] = []
 
-    def feed(self, data: bytes | memoryview) -> None:
-        self.buf += data
-        while len(self.buf) >= self.size:
-            self._emit(bytes(self.buf[: self.size]))
-            del self.buf[: self.size]
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        if self.buf:  # complete the partial chunk left by the last feed
+            need = self.size - len(self.buf)
+            self.buf += view[:need]
+            view = view[need:]
+            if len(self.buf) < self.size:
+                return
+            self._emit(bytes(self.buf))
+            self.buf = bytearray()
+        whole = len(view) - len(view) % self.size
+        for i in range(0, whole, self.size):
+            self._emit(bytes(view[i : i + self.size]))
+        self.buf += view[whole:]
 
     def _emit(self, chunk: bytes) -> None:
-        self.futures.append(self.writer.add(chunk))
+        self.batch.append(chunk)
         self.sizes.append(len(chunk))
+        self.batch_bytes += len(chunk)
+        if self.batch_bytes >= self.BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self.batch:
+            self.futures.append(self.writer.add(self.batch))
+            self.batch, self.batch_bytes = [], 0
 
     def finish(self) -> list[tuple[str, int]]:
         if self.buf:
             self._emit(bytes(self.buf))
             self.buf = bytearray()
-        return [(f.result(), n) for f, n in zip(self.futures, self.sizes, strict=True)]
+        self._submit()
+        keys = [k for f in self.futures for k in f.result()]
+        return list(zip(keys, self.sizes, strict=True))
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -229,7 +262,9 @@ class Capturer:
                 if not stat.S_ISREG(before.st_mode):
                     raise CaptureError(f"{path} is no longer a regular file")
                 size = before.st_size
-                split = header is not None and data_extents(fd, size) == ([(0, size)] if size else [])
+                split = header is not None and data_extents(fd, size) == (
+                    [(0, size)] if size else []
+                )
                 if split and header is not None:
                     doc: PlainList | HnswSplitList
                     doc, digest, kind = self._split(fd, size, header)
@@ -256,8 +291,10 @@ class Capturer:
         self, rel: str, st: os.stat_result, doc: PlainList | HnswSplitList, digest: str, kind: str
     ) -> FileEntry:
         list_key = self.writer.add_sync(dumps(ChunkListDoc(list=doc)), "list")
-        data = doc.size if isinstance(doc, HnswSplitList) else sum(
-            n for e in doc.extents for _, n in e.chunks
+        data = (
+            doc.size
+            if isinstance(doc, HnswSplitList)
+            else sum(n for e in doc.extents for _, n in e.chunks)
         )
         return FileEntry(
             path=rel,
@@ -265,6 +302,7 @@ class Capturer:
             data_bytes=data,
             mode=stat.S_IMODE(st.st_mode),
             mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
             inode=st.st_ino,
             hash=digest,
             hash_kind="extents" if kind == "extents" else "content",
@@ -274,71 +312,86 @@ class Capturer:
 
     # --- chroma.sqlite3 ---------------------------------------------------------------
 
-    def read_sqlite(self, root: Path, scratch: Path, side: list[str]) -> tuple[FileEntry, Path, WalState]:
-        """Copy chroma.sqlite3 privately under a SQLite read lock, then chunk the copy.
+    def read_sqlite(self, root: Path, scratch: Path, side: list[str]) -> tuple[FileEntry, WalState]:
+        """Capture chroma.sqlite3 and the WAL state it holds, consistently.
 
-        Returns the entry, the private copy (caller removes it) and a WalState holding
-        what was found about journals; the rest of the WAL state is read from the copy.
+        Rollback-journal mode: read the live file directly while a read transaction holds
+        SQLite's SHARED lock (no writer can change it meanwhile; Chroma's writers wait),
+        and read the WAL state in the same transaction. Hot journal or WAL mode: make a
+        private consistent copy first and capture that.
         """
         live = root / SQLITE_NAME
-        copy = scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}"
-        wal = WalState(journal_mode="delete", leftover_files=sorted(side))
         with live.open("rb") as fh:
-            header = fh.read(100)
-        wal.journal_mode = journal_mode_from_header(header)
-        how = "sqlite-shared-lock"
-        st = os.lstat(live)
-        if wal.journal_mode == "wal":
-            how = "sqlite-backup-api"
-            self._backup(live, copy)
-        else:
+            mode = journal_mode_from_header(fh.read(100))
+        journal = root / SQLITE_SIDE_FILES[0]
+        if mode == "delete":
             try:
-                st = self._copy_under_read_lock(live, copy)
+                entry, wal = self._read_under_lock(live)
             except sqlite3.OperationalError as exc:
-                if (root / SQLITE_SIDE_FILES[0]).exists() and "readonly" in str(exc).lower():
-                    wal.hot_journal = True
-                    wal.journal_action = (
-                        "hot journal rolled back in a private copy; the live database was not touched"
-                    )
-                    self._rollback_privately(live, copy, scratch)
-                else:
+                if not (journal.exists() and "readonly" in str(exc).lower()):
                     raise CaptureError(f"cannot read {live} with SQLite: {exc}") from None
-        if (root / SQLITE_SIDE_FILES[0]).exists() and not wal.hot_journal:
-            wal.journal_action = "journal of a transaction in progress; its changes are not captured"
-        try:
-            fd = os.open(copy, os.O_RDONLY)
-            try:
-                doc, digest, kind = self._plain(fd, os.fstat(fd).st_size, self.chunking.sqlite)
-            finally:
-                os.close(fd)
-            with copy.open("rb") as fh:
-                wal.change_counter = int.from_bytes(fh.read(100)[24:28], "big")
-        except BaseException:
-            copy.unlink(missing_ok=True)
-            raise
-        entry = self._entry(SQLITE_NAME, st, doc, digest, kind)
-        entry.size = doc.size
-        entry.captured_by = "sqlite-backup-api" if how == "sqlite-backup-api" else "sqlite-shared-lock"
-        return entry, copy, wal
+                entry, wal = self._read_private_copy(live, scratch, hot=True)
+                wal.hot_journal = True
+                wal.journal_action = HOT_JOURNAL_ACTION
+        else:
+            entry, wal = self._read_private_copy(live, scratch, hot=False)
+            entry.captured_by = "sqlite-backup-api"
+        wal.journal_mode = mode  # of the live file (a private copy is always 'delete')
+        wal.leftover_files = sorted(side)
+        if journal.exists() and not wal.hot_journal:
+            wal.journal_action = (
+                "journal of a transaction in progress; its changes are not captured"
+            )
+        return entry, wal
 
-    @staticmethod
-    def _copy_under_read_lock(live: Path, copy: Path) -> os.stat_result:
-        """In rollback-journal mode a SHARED lock stops every writer from changing the file."""
+    def _read_under_lock(self, live: Path) -> tuple[FileEntry, WalState]:
         db = sqlite3.connect(f"file:{live}?mode=ro", uri=True, timeout=30, isolation_level=None)
         try:
             db.execute("BEGIN")
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            st = os.lstat(live)
-            with live.open("rb") as src, open(copy, "xb") as dst:
-                os.chmod(copy, 0o600)
-                shutil.copyfileobj(src, dst, 4 << 20)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes SHARED
+            fd = os.open(live, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                st = os.fstat(fd)
+                doc, digest, kind = self._plain(fd, st.st_size, self.chunking.sqlite)
+                counter = int.from_bytes(os.pread(fd, 4, 24), "big")
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if not _same(st, after):
+                raise CaptureError(f"{live} changed while SQLite's read lock was held")
+            wal = read_wal_state(db, "delete")
             db.execute("COMMIT")
-            return st
-        except BaseException:
-            copy.unlink(missing_ok=True)
-            raise
         finally:
             db.close()
+        wal.change_counter = counter
+        entry = self._entry(SQLITE_NAME, st, doc, digest, kind)
+        entry.captured_by = "sqlite-shared-lock"
+        return entry, wal
+
+    def _read_private_copy(
+        self, live: Path, scratch: Path, hot: bool
+    ) -> tuple[FileEntry, WalState]:
+        copy = scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            if hot:
+                self._rollback_privately(live, copy, scratch)
+            else:
+                self._backup(live, copy)
+            st = os.lstat(live)
+            fd = os.open(copy, os.O_RDONLY)
+            try:
+                doc, digest, kind = self._plain(fd, os.fstat(fd).st_size, self.chunking.sqlite)
+                counter = int.from_bytes(os.pread(fd, 4, 24), "big")
+            finally:
+                os.close(fd)
+            wal = read_wal_state_file(copy)
+        finally:
+            copy.unlink(missing_ok=True)
+        wal.change_counter = counter
+        entry = self._entry(SQLITE_NAME, st, doc, digest, kind)
+        entry.size = doc.size
+        entry.captured_by = "sqlite-shared-lock"
+        return entry, wal
 
     @staticmethod
     def _backup(live: Path, copy: Path) -> None:
@@ -405,8 +458,9 @@ def capture(
         old = prev.get(rel)
         if (
             old is not None
-            and (old.size, old.mtime_ns, old.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
-            and st.st_mtime_ns < racy_before
+            and (old.size, old.mtime_ns, old.ctime_ns, old.inode)
+            == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            and st.st_ctime_ns < racy_before
             and old.chunk_list in index
         ):
             return old.model_copy(update={"captured_by": "parent"})
@@ -418,7 +472,6 @@ def capture(
         raise CaptureError(f"{root} has no {SQLITE_NAME}")
 
     # 1. chroma.sqlite3
-    copy: Path | None = None
     sq_old = reusable(SQLITE_NAME, stats[SQLITE_NAME])
     with (root / SQLITE_NAME).open("rb") as fh:
         counter = int.from_bytes(fh.read(100)[24:28], "big")
@@ -433,43 +486,25 @@ def capture(
         wal = parent.wal.model_copy(deep=True)
         reused += 1
     else:
-        entry, copy, wal = cap.read_sqlite(root, scratch, found.side_files)
-        files[SQLITE_NAME] = entry
+        files[SQLITE_NAME], wal = cap.read_sqlite(root, scratch, found.side_files)
 
-    try:
-        # 2. every other file, one folder at a time, consistent within the folder
-        hnsw_info: dict[str, tuple[int | None, bool]] = {}
-        by_dir: dict[str, list[tuple[str, os.stat_result]]] = {}
-        for rel, st in found.files:
-            if rel != SQLITE_NAME:
-                by_dir.setdefault(rel.rsplit("/", 1)[0] if "/" in rel else "", []).append((rel, st))
-        for folder, members in sorted(by_dir.items()):
-            entries, elements = _capture_folder(cap, root, folder, members, reusable)
-            reused += sum(1 for e in entries if e.captured_by == "parent")
-            for e in entries:
-                files[e.path] = e
-            if folder:
-                names = {m[0].rsplit("/", 1)[-1] for m in members}
-                hnsw_info[folder] = (elements, "index_metadata.pickle" in names)
+    # 2. every other file, one folder at a time, consistent within the folder
+    hnsw_info: dict[str, tuple[int | None, bool]] = {}
+    by_dir: dict[str, list[tuple[str, os.stat_result]]] = {}
+    for rel, st in found.files:
+        if rel != SQLITE_NAME:
+            by_dir.setdefault(rel.rsplit("/", 1)[0] if "/" in rel else "", []).append((rel, st))
+    for folder, members in sorted(by_dir.items()):
+        entries, elements = _capture_folder(cap, root, folder, members, reusable)
+        reused += sum(1 for e in entries if e.captured_by == "parent")
+        for e in entries:
+            files[e.path] = e
+        if folder:
+            names = {m[0].rsplit("/", 1)[-1] for m in members}
+            hnsw_info[folder] = (elements, "index_metadata.pickle" in names)
 
-        # 3. WAL state from the private copy, consistent with the captured bytes
-        if copy is not None:
-            found_wal = read_wal_state(copy, hnsw_info)
-            found_wal.leftover_files = wal.leftover_files
-            found_wal.hot_journal = wal.hot_journal
-            found_wal.journal_action = wal.journal_action
-            found_wal.change_counter = wal.change_counter
-            found_wal.journal_mode = wal.journal_mode
-            wal = found_wal
-        else:
-            for c in wal.collections:
-                for s in c.segments:
-                    if s.scope == "VECTOR" and s.id in hnsw_info:
-                        c.hnsw_elements, c.hnsw_persisted = hnsw_info[s.id]
-    finally:
-        if copy is not None:
-            with contextlib.suppress(FileNotFoundError):
-                copy.unlink()
+    # 3. the HNSW side of the WAL state, from the headers just read
+    apply_hnsw(wal, hnsw_info)
 
     ordered = [files[rel] for rel, _ in found.files]
     dirs = found.dirs
@@ -498,7 +533,7 @@ def _capture_folder(
                 elements = header.cur_element_count
         entries: list[FileEntry] = []
         seen: list[tuple[str, os.stat_result]] = []
-        for rel, st in members:
+        for rel, _scanned in members:
             try:
                 cur = os.lstat(root / rel)
             except FileNotFoundError:

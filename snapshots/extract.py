@@ -59,7 +59,9 @@ def safe_target(root: Path, rel: str) -> Path:
 
 
 class Extractor:
-    def __init__(self, repo: Repository, progress: Progress | None = None, workers: int = 2) -> None:
+    def __init__(
+        self, repo: Repository, progress: Progress | None = None, workers: int = 2
+    ) -> None:
         self.repo = repo
         self.progress = progress or (lambda _n: None)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chromasnap-read")
@@ -110,7 +112,10 @@ class Extractor:
         h = blake3()
         rec, link = doc.record_size, doc.link_bytes
         vec = rec - link
-        links, vectors = _blobs(self.repo, self.pool, doc.links), _blobs(self.repo, self.pool, doc.vectors)
+        links, vectors = (
+            _blobs(self.repo, self.pool, doc.links),
+            _blobs(self.repo, self.pool, doc.vectors),
+        )
         lbuf, vbuf = bytearray(), bytearray()
         done = 0
         per_block = max(1, (4 << 20) // rec)
@@ -134,7 +139,9 @@ class Extractor:
         return h.hexdigest()
 
 
-def extract(repo: Repository, snap: Snapshot, target: Path, progress: Progress | None = None) -> Path:
+def extract(
+    repo: Repository, snap: Snapshot, target: Path, progress: Progress | None = None
+) -> Path:
     """Write `snap` into `target` (which must not exist or be an empty directory)."""
     target = target.absolute()
     if target.is_symlink():

@@ -40,7 +40,9 @@ def check_layout(db_path: Path, store_path: Path) -> None:
     """Refuse a store inside the database, or a database inside the store."""
     db, store = Path(os.path.realpath(db_path)), Path(os.path.realpath(store_path))
     if _inside(store, db):
-        raise UsageError(f"the store {store_path} is inside the database {db_path}; put it elsewhere")
+        raise UsageError(
+            f"the store {store_path} is inside the database {db_path}; put it elsewhere"
+        )
     if _inside(db, store):
         raise UsageError(f"the database {db_path} is inside the store {store_path}")
     if store_path.exists() and not store_path.is_dir():
@@ -89,6 +91,9 @@ class SnapshotManager:
             raise UsageError(f"the store path {self.store_path} exists and is not a directory")
         self.backend = backend or LocalBackend(self.store_path)
         self._repo: Repository | None = None
+        self.problems: list[str] = []
+        """Messages about unreadable snapshots found by the last `list()`."""
+        self.last_duration_s = 0.0
 
     # --- reading ------------------------------------------------------------------
 
@@ -104,8 +109,6 @@ class SnapshotManager:
             return []
         snaps, self.problems = self.repo.snapshots()
         return snaps
-
-    problems: list[str] = []  # noqa: RUF012 - set per call by list()
 
     def get(self, ref: str) -> Snapshot:
         """The snapshot with this id, unique id prefix, or `latest`."""
@@ -177,8 +180,6 @@ class SnapshotManager:
             repo.save_snapshot(snap)
             self.last_duration_s = time.monotonic() - t0
             return snap
-
-    last_duration_s: float = 0.0
 
     def _need_db(self) -> Path:
         if self.db_path is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -69,22 +68,30 @@ class Repository:
     # --- index --------------------------------------------------------------------
 
     def index(self) -> dict[str, BlobLocation]:
-        """Every known blob: the union of all index files, loaded once."""
+        """Every known blob: the union of all index files, loaded once, then topped up."""
         if self._index is None:
-            idx: dict[str, BlobLocation] = {}
-            for name in self.backend.list("index"):
-                try:
-                    doc = json.loads(self.backend.read(name))
-                    for pack in doc["packs"]:
-                        pid = pack["id"]
-                        for key, btype, off, length, raw in pack["blobs"]:
-                            idx[key] = BlobLocation(pid, btype, off, length, raw)
-                except (ValueError, KeyError, TypeError):
-                    # A damaged index file loses only dedup knowledge; the packs still
-                    # describe themselves, and verify reports what cannot be found.
-                    continue
-            self._index = idx
+            self._index = {}
+            self._index_files: set[str] = set()
+            self.refresh_index()
         return self._index
+
+    def refresh_index(self) -> None:
+        """Load index files written since the last look (by this or another process)."""
+        idx = self.index()
+        for name in self.backend.list("index"):
+            if name in self._index_files:
+                continue
+            try:
+                doc = json.loads(self.backend.read(name))
+                for pack in doc["packs"]:
+                    pid = pack["id"]
+                    for key, btype, off, length, raw in pack["blobs"]:
+                        idx[key] = BlobLocation(pid, btype, off, length, raw)
+            except (ValueError, KeyError, TypeError, StoreError):
+                # A damaged index file loses only dedup knowledge; the packs still
+                # describe themselves, and verify reports what cannot be found.
+                pass
+            self._index_files.add(name)
 
     def has_blob(self, key: str) -> bool:
         return key in self.index()
@@ -92,6 +99,9 @@ class Repository:
     def read_blob(self, key: str) -> bytes:
         """The blob's uncompressed bytes, checked against its key."""
         loc = self.index().get(key)
+        if loc is None:
+            self.refresh_index()
+            loc = self.index().get(key)
         if loc is None:
             raise StoreError(f"blob {key[:16]} is not in the store's index")
         body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
@@ -150,7 +160,9 @@ class Repository:
             return snaps[-1].id
         ref = ref.lower()
         if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
-            raise SnapshotNotFound(f"{ref!r} is not a snapshot id (give 4 or more hex digits, or 'latest')")
+            raise SnapshotNotFound(
+                f"{ref!r} is not a snapshot id (give 4 or more hex digits, or 'latest')"
+            )
         found = [i for i in ids if i.startswith(ref)]
         if not found:
             raise SnapshotNotFound(f"no snapshot matches {ref!r}")
@@ -186,9 +198,11 @@ class BlobWriter:
         self._pack: PackFile | None = None
         self._packs: list[dict[str, Any]] = []
         self._local = threading.local()
-        n = workers or min(4, os.cpu_count() or 1)
+        # one more thread than cores: the reading thread waits on I/O part of the time
+        default = min(8, (os.cpu_count() or 1) + 1)
+        n = workers or int(os.environ.get("CHROMASNAP_WORKERS", 0)) or default
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="chromasnap-blob")
-        self._slots = threading.BoundedSemaphore(4 * n)
+        self._slots = threading.BoundedSemaphore(3 * n)
         self.new_blobs = 0
         self.new_bytes = 0
 
@@ -198,49 +212,66 @@ class BlobWriter:
             c = self._local.c = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
         return c
 
-    def _store(self, data: bytes, blob_type: str) -> str:
-        key = blake3(data).hexdigest()
+    def _store(self, chunks: list[bytes], blob_type: str) -> list[str]:
+        """Hash a batch, compress the blobs the store lacks, append them to the pack."""
+        keys = [blake3(c).hexdigest() for c in chunks]
+        fresh: list[int] = []
         with self._lock:
-            if key in self.known or key in self._pending:
-                return key
-            self._pending.add(key)
-        body = self._compressor().compress(data)
+            for i, key in enumerate(keys):
+                if key not in self.known and key not in self._pending:
+                    self._pending.add(key)
+                    fresh.append(i)
+        if not fresh:
+            return keys
+        comp = self._compressor()
+        bodies = [comp.compress(chunks[i]) for i in fresh]
+        full: list[PackFile] = []
         with self._lock:
-            if self._pack is None:
-                self._pack = PackFile(self.scratch)
-            self._pack.add(key, blob_type, body, len(data))
-            self.new_blobs += 1
-            self.new_bytes += len(body)
-            if self._pack.size >= self.pack_size:
-                self._finish_pack()
-        return key
+            for i, body in zip(fresh, bodies, strict=True):
+                if self._pack is None:
+                    self._pack = PackFile(self.scratch)
+                self._pack.add(keys[i], blob_type, body, len(chunks[i]))
+                self.new_blobs += 1
+                self.new_bytes += len(body)
+                if self._pack.size >= self.pack_size:
+                    full.append(self._pack)
+                    self._pack = None
+        for pack in full:  # fsync and rename outside the lock: other workers keep packing
+            self._finish_pack(pack)
+        return keys
 
-    def _finish_pack(self) -> None:
-        pack = self._pack
-        if pack is None or not pack.blobs:
-            return
-        self._pack = None
-        pack_id, local = pack.finish()
-        self.repo.backend.put_file(pack_name(pack_id), local)
-        self._packs.append({"id": pack_id, "size": pack.size, "blobs": pack.blobs})
+    def _finish_pack(self, pack: PackFile) -> None:
+        try:
+            pack_id, local = pack.finish()
+            self.repo.backend.put_file(pack_name(pack_id), local)
+        except BaseException:
+            pack.abort()
+            raise
+        with self._lock:
+            self._packs.append({"id": pack_id, "size": pack.size, "blobs": pack.blobs})
 
-    def add(self, data: bytes, blob_type: str = "data") -> Future[str]:
-        """Queue `data`; blocks while too many blobs are in flight (bounded memory)."""
+    def add(self, chunks: list[bytes], blob_type: str = "data") -> Future[list[str]]:
+        """Queue a batch of blobs (about a MiB keeps per-task overhead small); the future
+        gives their keys in order. Blocks while too many batches are in flight."""
         self._slots.acquire()
-        fut = self._pool.submit(self._store, data, blob_type)
+        fut = self._pool.submit(self._store, chunks, blob_type)
         fut.add_done_callback(lambda _f: self._slots.release())
         return fut
 
     def add_sync(self, data: bytes, blob_type: str = "data") -> str:
-        return self.add(data, blob_type).result()
+        return self.add([data], blob_type).result()[0]
 
     def commit(self) -> None:
         """Finish the last pack and durably record every new blob in one index file."""
         self._pool.shutdown(wait=True)
         with self._lock:
-            self._finish_pack()
+            last, self._pack = self._pack, None
+        if last is not None and last.blobs:
+            self._finish_pack(last)
         if self._packs:
-            doc = json.dumps({"version": INDEX_VERSION, "packs": self._packs}, separators=(",", ":"))
+            doc = json.dumps(
+                {"version": INDEX_VERSION, "packs": self._packs}, separators=(",", ":")
+            )
             raw = doc.encode()
             self.repo.backend.write(f"index/{blake3(raw).hexdigest()}.json", raw)
             for pack in self._packs:
@@ -255,11 +286,3 @@ class BlobWriter:
             if self._pack is not None:
                 self._pack.abort()
                 self._pack = None
-
-
-def gather(futures: Iterable[Future[str]], sizes: Iterable[int]) -> list[tuple[str, int]]:
-    """Resolve (future key, length) pairs into chunk refs, in order."""
-    return [(f.result(), n) for f, n in zip(futures, sizes, strict=True)]
-
-
-ProgressFn = Callable[[int], None]

@@ -14,10 +14,28 @@ import sys
 import time
 from typing import Any
 
-WORDS = (
-    "vector index snapshot chroma backup restore panic segment queue sqlite hnsw "
-    "embedding recall query document metadata collection crash recover durable"
-).split()
+WORDS = [
+    "vector",
+    "index",
+    "snapshot",
+    "chroma",
+    "backup",
+    "restore",
+    "panic",
+    "segment",
+    "queue",
+    "sqlite",
+    "hnsw",
+    "embedding",
+    "recall",
+    "query",
+    "document",
+    "metadata",
+    "collection",
+    "crash",
+    "recover",
+    "durable",
+]
 
 
 def _client(path: str) -> Any:
@@ -42,7 +60,10 @@ def _batch(name: str, start: int, n: int, dim: int, seed: int) -> dict[str, Any]
         " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(12)) + f" #{i}"
         for i in range(start, start + n)
     ]
-    metas = [{"n": i, "topic": WORDS[i % len(WORDS)], "even": i % 2 == 0} for i in range(start, start + n)]
+    metas = [
+        {"n": i, "topic": WORDS[i % len(WORDS)], "even": i % 2 == 0}
+        for i in range(start, start + n)
+    ]
     emb = rng.standard_normal((n, dim), dtype=np.float32)
     return {"ids": ids, "documents": docs, "metadatas": metas, "embeddings": emb}
 
@@ -57,8 +78,12 @@ def add(path: str, name: str, start: int, n: int, dim: int, seed: int, batch: in
 
 def counts(path: str) -> dict[str, int]:
     client = _client(path)
-    return {c.name if hasattr(c, "name") else str(c): client.get_collection(
-        c.name if hasattr(c, "name") else str(c)).count() for c in client.list_collections()}
+    return {
+        c.name if hasattr(c, "name") else str(c): client.get_collection(
+            c.name if hasattr(c, "name") else str(c)
+        ).count()
+        for c in client.list_collections()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="create collections and fill them")
     b.add_argument("path")
-    b.add_argument("--records", type=int, nargs="+", default=[2000, 300],
-                   help="records per collection; one collection per number")
+    b.add_argument(
+        "--records",
+        type=int,
+        nargs="+",
+        default=[2000, 300],
+        help="records per collection; one collection per number",
+    )
     b.add_argument("--dim", type=int, default=384)
     b.add_argument("--seed", type=int, default=0)
     g = sub.add_parser("grow", help="add records to existing collections")

@@ -34,29 +34,45 @@ def _columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
-def read_wal_state(sqlite_path: Path, hnsw: dict[str, tuple[int | None, bool]]) -> WalState:
-    """WAL state of the (private, captured) database file at `sqlite_path`.
-
-    `hnsw` maps a vector segment id to (cur_element_count from header.bin, pickle exists).
-    """
-    header = sqlite_path.open("rb").read(100)
-    state = WalState(journal_mode=journal_mode_from_header(header))
-    uri = f"file:{sqlite_path}?mode=ro&immutable=1"
+def read_wal_state(db: sqlite3.Connection, journal_mode: str) -> WalState:
+    """WAL state from an open connection (inside the capture's read transaction, so it
+    describes exactly the captured bytes). HNSW fields are filled in by `apply_hnsw`."""
+    state = WalState(journal_mode=journal_mode)
     try:
-        db = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        state.warnings.append(f"cannot open chroma.sqlite3: {exc}")
-        return state
-    try:
-        _read(db, state, hnsw)
+        _read(db, state)
     except sqlite3.DatabaseError as exc:
         state.warnings.append(f"chroma.sqlite3 could not be read fully: {exc}")
-    finally:
-        db.close()
     return state
 
 
-def _read(db: sqlite3.Connection, state: WalState, hnsw: dict[str, tuple[int | None, bool]]) -> None:
+def read_wal_state_file(sqlite_path: Path) -> WalState:
+    """WAL state of a private, quiescent copy of chroma.sqlite3."""
+    with sqlite_path.open("rb") as fh:
+        mode = journal_mode_from_header(fh.read(100))
+    try:
+        db = sqlite3.connect(f"file:{sqlite_path}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error as exc:
+        state = WalState(journal_mode=mode)
+        state.warnings.append(f"cannot open chroma.sqlite3: {exc}")
+        return state
+    try:
+        return read_wal_state(db, mode)
+    finally:
+        db.close()
+
+
+def apply_hnsw(state: WalState, hnsw: dict[str, tuple[int | None, bool]]) -> None:
+    """Fill each collection's HNSW element count and persisted flag.
+
+    `hnsw` maps a vector segment id to (cur_element_count from header.bin, pickle exists).
+    """
+    for c in state.collections:
+        for s in c.segments:
+            if s.scope == "VECTOR":
+                c.hnsw_elements, c.hnsw_persisted = hnsw.get(s.id, (None, False))
+
+
+def _read(db: sqlite3.Connection, state: WalState) -> None:
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if "migrations" in tables:
         for dirname, version in db.execute("SELECT dir, max(version) FROM migrations GROUP BY dir"):
@@ -82,16 +98,22 @@ def _read(db: sqlite3.Connection, state: WalState, hnsw: dict[str, tuple[int | N
 
     max_seq: dict[str, int | None] = {}
     if "max_seq_id" in tables:
-        max_seq = {str(s): _int(q) for s, q in db.execute("SELECT segment_id, seq_id FROM max_seq_id")}
+        max_seq = {
+            str(s): _int(q) for s, q in db.execute("SELECT segment_id, seq_id FROM max_seq_id")
+        }
 
     ccols = _columns(db, "collections")
     dim = "dimension" if "dimension" in ccols else "NULL"
     dbcol = "database_id" if "database_id" in ccols else "NULL"
-    collections = db.execute(f"SELECT id, name, {dim}, {dbcol} FROM collections ORDER BY name").fetchall()
+    collections = db.execute(
+        f"SELECT id, name, {dim}, {dbcol} FROM collections ORDER BY name"
+    ).fetchall()
     segs: dict[str, list[SegmentState]] = {}
     for sid, stype, scope, coll in db.execute("SELECT id, type, scope, collection FROM segments"):
         segs.setdefault(str(coll), []).append(
-            SegmentState(id=str(sid), type=str(stype), scope=str(scope), max_seq_id=max_seq.get(str(sid)))
+            SegmentState(
+                id=str(sid), type=str(stype), scope=str(scope), max_seq_id=max_seq.get(str(sid))
+            )
         )
     has_embeddings = "embeddings" in tables and "segment_id" in _columns(db, "embeddings")
     for cid, name, dimension, database in collections:
@@ -110,13 +132,22 @@ def _read(db: sqlite3.Connection, state: WalState, hnsw: dict[str, tuple[int | N
             (cs.records,) = db.execute(
                 "SELECT count(*) FROM embeddings WHERE segment_id = ?", (meta.id,)
             ).fetchone()
+        if meta is not None and "embeddings_queue" in tables:
+            (cs.metadata_pending,) = db.execute(
+                "SELECT count(*) FROM embeddings_queue WHERE topic LIKE ? AND seq_id > ?",
+                (f"%/{cs.id}", -1 if meta.max_seq_id is None else meta.max_seq_id),
+            ).fetchone()
         if vec is not None:
-            cs.hnsw_elements, cs.hnsw_persisted = hnsw.get(vec.id, (None, False))
             done = vec.max_seq_id if vec.max_seq_id is not None else -1
             cs.vector_lags = hi is not None and hi > done
             if meta is not None and meta.max_seq_id is not None and meta.max_seq_id > done:
                 cs.vector_lags = True
-            if cs.vector_lags and meta is not None and has_embeddings and "embeddings_queue" in tables:
+            if (
+                cs.vector_lags
+                and meta is not None
+                and has_embeddings
+                and "embeddings_queue" in tables
+            ):
                 # Every record last written after the vector segment's position must still
                 # have its queue row, or the vector segment can never catch up.
                 (missing,) = db.execute(

@@ -1,0 +1,82 @@
+"""Shared helpers for the benchmarks: the cached bench database, timing, sizes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from chromasnap.snapshots import sample
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("CHROMASNAP_BENCH_CACHE", HERE / ".cache"))
+# 100k + 12k records of dimension 384: about 320 MB on disk with chromadb 1.5.
+RECORDS = (100_000, 12_000)
+
+
+def chromasnap_cmd() -> list[str]:
+    return [sys.executable, "-m", "chromasnap.cli"]
+
+
+def bench_db(python: str = sys.executable, records: tuple[int, ...] = RECORDS) -> Path:
+    """The bench database, built once (a few minutes) and cached between runs."""
+    tag = "-".join(str(n) for n in records)
+    path = CACHE / f"db-{tag}" / "chroma"
+    done = path.parent / ".ready"
+    if not done.exists():
+        shutil.rmtree(path.parent, ignore_errors=True)
+        path.parent.mkdir(parents=True)
+        print(
+            f"building the bench database ({' + '.join(map(str, records))} records) ...", flush=True
+        )
+        subprocess.run(
+            [python, sample.__file__, "build", str(path), "--records", *map(str, records)],
+            check=True,
+        )
+        done.write_text("ok")
+    return path
+
+
+def fresh_copy(src: Path, dest: Path) -> Path:
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    return dest
+
+
+def du(path: Path) -> int:
+    """Bytes of all regular files under `path` (apparent sizes)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def db_size(path: Path) -> int:
+    return du(path)
+
+
+def run(cmd: list[str] | str, **kw: object) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one child process (or shell pipeline)."""
+    shell = isinstance(cmd, str)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, shell=shell, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {cmd}")
+    return wall, usage.ru_maxrss
+
+
+def median_of(n: int, fn: Callable[[int], float]) -> tuple[float, list[float]]:
+    vals = [fn(i) for i in range(n)]
+    return statistics.median(vals), vals
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"

@@ -1,0 +1,282 @@
+"""Capture and round trip: real Chroma databases in, byte-identical databases out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chromasnap.manifest import HnswSplitList
+from chromasnap.snapshots import CaptureError, SnapshotManager
+from chromasnap.snapshots.hnsw import parse_header
+from conftest import counts, run_sample, tree_bytes
+
+
+def roundtrip(mgr: SnapshotManager, snap_id: str, expected: dict[str, bytes], out: Path) -> None:
+    mgr.extract(snap_id, out)
+    assert tree_bytes(out) == expected
+
+
+def test_successive_snapshots_round_trip_byte_identical(db: Path, tmp_path: Path) -> None:
+    mgr = SnapshotManager(db)
+    states, ids = [], []
+    for step in range(3):
+        if step:
+            run_sample("grow", str(db), "--fraction", "0.5", "--seed", str(step))
+        states.append(tree_bytes(db))
+        ids.append(mgr.snapshot(tags=[f"step{step}"]).id)
+    for i, (sid, state) in enumerate(zip(ids, states, strict=True)):
+        roundtrip(mgr, sid, state, tmp_path / f"out{i}")
+    # the extracted database opens with chromadb and holds what the source held then
+    assert counts(tmp_path / "out0") == {"coll0": 2500, "coll1": 300}
+    assert counts(tmp_path / "out2") == {"coll0": 5625, "coll1": 675}
+
+
+def test_hnsw_split_used_and_exact_for_persisted_and_unpersisted(db: Path, tmp_path: Path) -> None:
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    level0 = [f for f in snap.files if f.path.endswith("data_level0.bin")]
+    assert len(level0) == 2  # both collections have a vector folder
+    assert all(f.layout == "hnsw-split" for f in level0)
+    persisted = {c.name: c.hnsw_persisted for c in snap.wal.collections}
+    assert persisted == {"coll0": True, "coll1": False}
+    for f in level0:
+        doc = mgr.repo.read_chunk_list(f.chunk_list).list
+        assert isinstance(doc, HnswSplitList)
+        header = parse_header((db / f.path).parent.joinpath("header.bin").read_bytes())
+        assert header is not None
+        assert doc.record_size == header.size_data_per_element
+        assert doc.link_bytes == header.offset_data
+    roundtrip(mgr, snap.id, tree_bytes(db), tmp_path / "out")
+
+
+def test_incremental_snapshot_stores_only_links_and_new_vectors(db: Path) -> None:
+    mgr = SnapshotManager(db)
+    full = mgr.snapshot()
+    run_sample("grow", str(db), "--fraction", "0.5")  # enough for HNSW to persist again
+    inc = mgr.snapshot()
+    path = next(
+        f.path for f in full.files if f.path.endswith("data_level0.bin") and f.size > 1 << 20
+    )
+    old = mgr.repo.read_chunk_list(next(f for f in full.files if f.path == path).chunk_list).list
+    new = mgr.repo.read_chunk_list(next(f for f in inc.files if f.path == path).chunk_list).list
+    assert isinstance(old, HnswSplitList) and isinstance(new, HnswSplitList)
+    assert new.records > old.records
+    # every complete vector chunk of the old file is reused as is: vectors never move
+    assert new.vectors[: len(old.vectors) - 1] == old.vectors[:-1]
+    assert set(new.links).isdisjoint(old.links[:-1]) or len(old.links) > 1
+    wal = {c.name: c for c in inc.wal.collections}
+    assert wal["coll0"].records == 3750
+    assert (wal["coll0"].hnsw_elements or 0) >= 3000  # the HNSW really persisted again
+
+
+def test_unchanged_database_reads_nothing_and_stores_nothing(db: Path) -> None:
+    mgr = SnapshotManager(db)
+    first = mgr.snapshot()
+    time.sleep(2.1)  # past the racy window: the stat check alone may now be trusted
+    second = mgr.snapshot()
+    third = mgr.snapshot()
+    assert second.totals.new_bytes <= first.totals.new_bytes
+    assert third.totals.read_bytes == 0
+    assert third.totals.new_bytes == 0
+    assert third.totals.reused_files == third.totals.files
+    assert all(f.captured_by == "parent" for f in third.files)
+    assert [f.hash for f in third.files] == [f.hash for f in second.files]
+
+
+def test_file_changed_with_its_mtime_put_back_is_read_again(db: Path) -> None:
+    mgr = SnapshotManager(db)
+    mgr.snapshot()
+    meta = next(db.glob("*/length.bin"))
+    st = meta.stat()
+    data = bytearray(meta.read_bytes())
+    data[0] ^= 0xFF  # same size, and put the mtime back: only ctime tells
+    meta.write_bytes(bytes(data))
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns))
+    snap = mgr.snapshot()
+    entry = next(f for f in snap.files if f.path.endswith(meta.parent.name + "/length.bin"))
+    assert entry.captured_by == "read"
+
+
+def test_sparse_file_is_read_by_extents_and_extracted_sparse(db: Path, tmp_path: Path) -> None:
+    links = next(db.glob("*/link_lists.bin"))
+    with links.open("r+b") as fh:  # terabytes of apparent size, almost all hole
+        fh.seek(2 << 40)
+        fh.write(b"tail")
+    assert links.stat().st_size > 2 << 40
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    assert snap.totals.read_bytes < 100 << 20
+    entry = next(f for f in snap.files if f.path.endswith(links.parent.name + "/link_lists.bin"))
+    assert entry.hash_kind == "extents"
+    out = tmp_path / "out"
+    mgr.extract(snap.id, out)
+    copy = out / entry.path
+    assert copy.stat().st_size == links.stat().st_size
+    assert copy.stat().st_blocks * 512 < 10 << 20  # still sparse on disk
+    with copy.open("rb") as fh:
+        fh.seek(2 << 40)
+        assert fh.read() == b"tail"
+
+
+def test_file_that_keeps_changing_fails_clearly(db: Path) -> None:
+    target = next(db.glob("*/length.bin"))
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            with target.open("ab") as fh:
+                fh.write(i.to_bytes(4, "little") * 4096)
+            i += 1
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(CaptureError, match="kept changing"):
+            SnapshotManager(db).snapshot()
+    finally:
+        stop.set()
+        t.join()
+    assert not SnapshotManager(db).list()  # nothing partial became visible
+
+
+def test_symlinks_are_never_followed(db: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the database")
+    (db / "escape").symlink_to(secret)
+    snap = SnapshotManager(db).snapshot()
+    assert [s.path for s in snap.skipped] == ["escape"]
+    assert all(f.path != "escape" for f in snap.files)
+
+
+def _make_hot_journal(db_file: Path) -> None:
+    """A real hot journal: a child process dies (SIGKILL) mid-transaction after spilling pages."""
+    code = f"""
+import os, signal, sqlite3
+db = sqlite3.connect({str(db_file)!r}, isolation_level=None)
+db.execute("PRAGMA cache_size=1")
+db.execute("BEGIN")
+db.execute("UPDATE embedding_metadata SET string_value = 'torn' || string_value")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], check=False)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_hot_journal_is_rolled_back_privately_and_recorded(db: Path, tmp_path: Path) -> None:
+    sq = db / "chroma.sqlite3"
+    before = sq.read_bytes()
+    _make_hot_journal(sq)
+    journal = db / "chroma.sqlite3-journal"
+    assert journal.exists() and journal.stat().st_size > 0
+    torn = sq.read_bytes()
+    assert torn != before  # pages were really spilled into the file
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    assert snap.wal.hot_journal
+    assert snap.wal.leftover_files == ["chroma.sqlite3-journal"]
+    assert "rolled back" in (snap.wal.journal_action or "")
+    assert sq.read_bytes() == torn and journal.exists()  # the live directory was not touched
+    out = tmp_path / "out"
+    mgr.extract(snap.id, out)
+    assert not (out / "chroma.sqlite3-journal").exists()
+    con = sqlite3.connect(out / "chroma.sqlite3")
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    n = con.execute(
+        "SELECT count(*) FROM embedding_metadata WHERE string_value LIKE 'torn%'"
+    ).fetchone()
+    assert n == (0,)
+    con.close()
+    assert counts(out) == {"coll0": 2500, "coll1": 300}
+
+
+def test_wal_mode_database_is_captured_with_the_backup_api(db: Path, tmp_path: Path) -> None:
+    con = sqlite3.connect(db / "chroma.sqlite3")
+    assert con.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    con.execute("UPDATE collection_metadata SET key = key")
+    con.commit()
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()  # `con` stays open: the -wal file is live
+    assert snap.wal.journal_mode == "wal"
+    sqlite_entry = next(f for f in snap.files if f.path == "chroma.sqlite3")
+    assert sqlite_entry.captured_by == "sqlite-backup-api"
+    con.close()
+    out = tmp_path / "out"
+    mgr.extract(snap.id, out)
+    check = sqlite3.connect(out / "chroma.sqlite3")
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+    assert counts(out) == {"coll0": 2500, "coll1": 300}
+
+
+def test_capture_while_chromadb_writes_opens(db: Path, tmp_path: Path) -> None:
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            run_sample.__globals__["SAMPLE"],
+            "write-loop",
+            str(db),
+            "--seconds",
+            "12",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    mgr = SnapshotManager(db)
+    taken = []
+    try:
+        time.sleep(2)
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and len(taken) < 4:
+            with contextlib.suppress(CaptureError):  # refused rather than captured torn
+                taken.append(mgr.snapshot().id)
+            time.sleep(0.5)
+    finally:
+        out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err[-2000:]
+    assert json.loads(out)["written"] > 0
+    assert taken, "no snapshot succeeded while the writer ran"
+    for i, sid in enumerate(taken):
+        dest = tmp_path / f"out{i}"
+        mgr.extract(sid, dest)
+        found = counts(dest)
+        assert found["coll0"] == 2500 and found["coll1"] == 300
+        snap = mgr.get(sid)
+        live = next((c for c in snap.wal.collections if c.name == "live"), None)
+        if live is not None:
+            # rows still queued for the metadata segment are replayed on open
+            assert found["live"] == (live.records or 0) + live.metadata_pending
+
+
+@pytest.mark.slow
+def test_database_written_by_chromadb_1_0_20(old_python: str, tmp_path: Path) -> None:
+    db = tmp_path / "chroma"
+    run_sample("build", str(db), "--records", "1500", "200", python=old_python)
+    level0 = next(
+        p for p in db.glob("*/data_level0.bin") if (p.parent / "index_metadata.pickle").exists()
+    )
+    header = parse_header((level0.parent / "header.bin").read_bytes())
+    assert header is not None
+    # 1.0.x writes data_level0.bin at its capacity, zero-padded past the element count
+    assert level0.stat().st_size == header.max_elements * header.size_data_per_element
+    assert header.max_elements > header.cur_element_count
+    expected = tree_bytes(db)
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    entry = next(f for f in snap.files if f.path == level0.relative_to(db).as_posix())
+    assert entry.layout == "hnsw-split"
+    assert snap.wal.schema_migrations  # read defensively from the 1.0 schema
+    assert {c.name: c.records for c in snap.wal.collections} == {"coll0": 1500, "coll1": 200}
+    roundtrip(mgr, snap.id, expected, tmp_path / "out")
+    assert counts(tmp_path / "out", python=old_python) == {"coll0": 1500, "coll1": 200}

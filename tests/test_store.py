@@ -1,0 +1,176 @@
+"""The store on disk: permissions, pack files, the lock, and crash safety of a snapshot."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+from chromasnap.snapshots import LocalBackend, LockTimeout, SnapshotManager, StoreError
+from chromasnap.snapshots.pack import parse_trailer
+from conftest import tree_bytes
+
+
+def store_state(store: Path) -> dict[str, bytes]:
+    return {k: v for k, v in tree_bytes(store).items() if not k.startswith(("lock", "tmp/"))}
+
+
+def test_store_files_are_private(db: Path) -> None:
+    mgr = SnapshotManager(db)
+    mgr.snapshot()
+    for p in [mgr.store_path, *mgr.store_path.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), p
+
+
+def test_packs_describe_themselves_and_match_the_index(db: Path) -> None:
+    mgr = SnapshotManager(db)
+    mgr.snapshot()
+    index = mgr.repo.index()
+    packs = sorted(mgr.store_path.glob("packs/*/*"))
+    assert packs
+    assert len(packs) < 50  # a database is a handful of packs, not one file per chunk
+    seen = 0
+    for pack in packs:
+        data = pack.read_bytes()
+        assert blake3(data).hexdigest() == pack.name  # named by content
+        for key, btype, off, length, raw in parse_trailer(data, pack.name):
+            loc = index[key]
+            assert (loc.pack, loc.type, loc.offset, loc.length, loc.raw_length) == (
+                pack.name,
+                btype,
+                off,
+                length,
+                raw,
+            )
+            seen += 1
+    assert seen == len(index)
+
+
+def test_damaged_blob_is_detected_on_extract(db: Path, tmp_path: Path) -> None:
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    pack = max(mgr.store_path.glob("packs/*/*"), key=lambda p: p.stat().st_size)
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    pack.write_bytes(bytes(data))
+    with pytest.raises(StoreError):
+        SnapshotManager(db).extract(snap.id, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-extracted is left where asked
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from chromasnap.snapshots import LocalBackend
+with LocalBackend(Path(sys.argv[1])).lock():
+    print("locked", flush=True)
+    time.sleep(30)
+"""
+
+
+def test_lock_timeout_names_the_holder(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mgr = SnapshotManager(db)
+    mgr.snapshot()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(mgr.store_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("CHROMASNAP_LOCK_TIMEOUT", "0.5")
+        with pytest.raises(LockTimeout, match=rf"pid {holder.pid} \(.*-c"):
+            mgr.snapshot()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(mgr.list()) == 1
+    mgr.snapshot()  # the lock died with its holder
+
+
+def test_full_disk_leaves_no_partial_snapshot(db: Path, tmp_path: Path) -> None:
+    """A real ENOSPC from a 3 MiB tmpfs when the machine lets us mount one; otherwise the
+    fault is injected at the one seam every pack goes through (LocalBackend.put_file)."""
+    store = tmp_path / "small-store"
+    store.mkdir()
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(store)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    try:
+        mgr = SnapshotManager(db, store)
+        if not mounted:
+            calls = {"n": 0}
+            real = LocalBackend.put_file
+
+            def put_file(self: LocalBackend, name: str, local: Path) -> None:
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    raise OSError(errno.ENOSPC, "No space left on device (injected)")
+                real(self, name, local)
+
+            LocalBackend.put_file = put_file  # type: ignore[method-assign]
+        try:
+            with pytest.raises(OSError) as err:
+                mgr.snapshot()
+            assert err.value.errno == errno.ENOSPC
+        finally:
+            if not mounted:
+                LocalBackend.put_file = real  # type: ignore[method-assign]
+        assert SnapshotManager(db, store).list() == []
+        assert not list((store / "snapshots").iterdir())
+        assert not list((store / "tmp").iterdir())  # the pack being written was removed
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(store)], check=False)
+
+
+SNAP_CHILD = """
+import sys
+from chromasnap.snapshots import SnapshotManager
+SnapshotManager(sys.argv[1]).snapshot(note=sys.argv[2])
+"""
+
+
+def test_killed_snapshots_leave_only_complete_ones(db: Path, tmp_path: Path) -> None:
+    mgr = SnapshotManager(db)
+    first = mgr.snapshot()
+    (db / "extra.bin").write_bytes(os.urandom(8 << 20))  # something new to write each time
+    expected = tree_bytes(db)
+    for i, delay in enumerate((0.15, 0.3, 0.45, 0.6, 0.8)):
+        child = subprocess.Popen([sys.executable, "-c", SNAP_CHILD, str(db), f"kill {i}"])
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    snaps = mgr.list()
+    assert first.id in {s.id for s in snaps}
+    assert not mgr.problems
+    for s in snaps:
+        out = tmp_path / f"out-{s.short_id}"
+        mgr.extract(s.id, out)
+        if s.id != first.id:
+            assert tree_bytes(out) == expected
+    final = mgr.snapshot()  # the store is usable afterwards
+    mgr.extract(final.id, tmp_path / "final")
+    assert tree_bytes(tmp_path / "final") == expected
+
+
+def test_index_file_lists_every_new_pack(db: Path) -> None:
+    mgr = SnapshotManager(db)
+    mgr.snapshot()
+    docs = [json.loads(p.read_bytes()) for p in mgr.store_path.glob("index/*.json")]
+    assert len(docs) == 1
+    named = {p["id"] for p in docs[0]["packs"]}
+    assert named == {p.name for p in mgr.store_path.glob("packs/*/*")}
