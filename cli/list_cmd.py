@@ -43,7 +43,7 @@ def list_cmd(
 
     table = Table(title=f"snapshots in {mgr.store_path}", title_justify="left")
     for col in ("id", "created (UTC)", "reason", "tags", "size", "new", "verified"):
-        table.add_column(col, justify="right" if col in ("size", "new") else "left")
+        table.add_column(col, justify="right" if col in ("size", "new") else "left", no_wrap=True)
     for s in snaps:
         last = s.last_verification
         table.add_row(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Annotated
 
 import typer
@@ -35,9 +37,11 @@ def snapshot_cmd(
     mgr = manager(db, store)
     total = None
     if mgr.db_path is not None and mgr.db_path.is_dir():
-        total = sum(
-            p.stat().st_size for p in mgr.db_path.rglob("*") if p.is_file() and not p.is_symlink()
-        )
+        total = 0
+        for top, _dirs, files in os.walk(mgr.db_path):  # does not follow symlinks
+            for f in files:
+                st = os.lstat(os.path.join(top, f))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
     with progress_bar("snapshot", total, not json_out) as prog:
         snap = mgr.snapshot(reason=reason, tags=tag or [], note=note, progress=prog)
     if json_out:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
 HEADER_FORMAT = "<iQQQQQQiIQQQdQ"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)  # 100
 
@@ -57,12 +55,16 @@ def parse_header(raw: bytes) -> HnswHeader | None:
 
 def split_records(block: bytes, record_size: int, link_bytes: int) -> tuple[bytes, bytes]:
     """Split whole records into (links stream part, vectors+labels stream part)."""
+    import numpy as np  # only when a level-0 file is really read: keeps start-up fast
+
     arr = np.frombuffer(block, dtype=np.uint8).reshape(-1, record_size)
     return arr[:, :link_bytes].tobytes(), arr[:, link_bytes:].tobytes()
 
 
 def join_records(links: bytes, vectors: bytes, record_size: int, link_bytes: int) -> bytes:
     """Inverse of split_records."""
+    import numpy as np
+
     n = len(links) // link_bytes
     out = np.empty((n, record_size), dtype=np.uint8)
     out[:, :link_bytes] = np.frombuffer(links, dtype=np.uint8).reshape(n, link_bytes)

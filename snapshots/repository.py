@@ -203,6 +203,8 @@ class BlobWriter:
         n = workers or int(os.environ.get("CHROMASNAP_WORKERS", 0)) or default
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="chromasnap-blob")
         self._slots = threading.BoundedSemaphore(3 * n)
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromasnap-commit")
+        self._commits: list[tuple[Future[None], PackFile]] = []
         self.new_blobs = 0
         self.new_bytes = 0
 
@@ -236,8 +238,10 @@ class BlobWriter:
                 if self._pack.size >= self.pack_size:
                     full.append(self._pack)
                     self._pack = None
-        for pack in full:  # fsync and rename outside the lock: other workers keep packing
-            self._finish_pack(pack)
+        for pack in full:  # fsync and rename on the committer thread: workers keep packing
+            fut = self._committer.submit(self._finish_pack, pack)
+            with self._lock:
+                self._commits.append((fut, pack))
         return keys
 
     def _finish_pack(self, pack: PackFile) -> None:
@@ -267,7 +271,10 @@ class BlobWriter:
         with self._lock:
             last, self._pack = self._pack, None
         if last is not None and last.blobs:
-            self._finish_pack(last)
+            self._commits.append((self._committer.submit(self._finish_pack, last), last))
+        self._committer.shutdown(wait=True)
+        for fut, _pack in self._commits:
+            fut.result()  # a failed pack fails the snapshot before anything refers to it
         if self._packs:
             doc = json.dumps(
                 {"version": INDEX_VERSION, "packs": self._packs}, separators=(",", ":")
@@ -282,6 +289,10 @@ class BlobWriter:
     def abort(self) -> None:
         """Drop the pack being written; packs already committed stay as garbage for gc."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._committer.shutdown(wait=True, cancel_futures=True)
+        for fut, pack in self._commits:
+            if fut.cancelled():
+                pack.abort()
         with self._lock:
             if self._pack is not None:
                 self._pack.abort()

@@ -255,8 +255,11 @@ def test_capture_while_chromadb_writes_opens(db: Path, tmp_path: Path) -> None:
         snap = mgr.get(sid)
         live = next((c for c in snap.wal.collections if c.name == "live"), None)
         if live is not None:
-            # rows still queued for the metadata segment are replayed on open
-            assert found["live"] == (live.records or 0) + live.metadata_pending
+            # rows queued past the metadata segment's position are replayed on open (some
+            # may already be in `embeddings` when its max_seq_id was not yet updated)
+            assert (
+                (live.records or 0) <= found["live"] <= (live.records or 0) + live.metadata_pending
+            )
 
 
 @pytest.mark.slow
