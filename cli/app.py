@@ -6,10 +6,12 @@ import typer
 
 from .demo_cmd import demo_cmd
 from .extract_cmd import extract_cmd
+from .health_cmd import health_cmd
 from .list_cmd import list_cmd
 from .schema_cmd import schema_cmd
 from .show_cmd import show_cmd
 from .snapshot_cmd import snapshot_cmd
+from .verify_cmd import verify_cmd
 
 app = typer.Typer(
     name="chromasnap",
@@ -23,6 +25,8 @@ app.command("snapshot")(snapshot_cmd)
 app.command("list")(list_cmd)
 app.command("show")(show_cmd)
 app.command("extract")(extract_cmd)
+app.command("verify")(verify_cmd)
+app.command("health")(health_cmd)
 app.command("schema")(schema_cmd)
 app.command("demo")(demo_cmd)
 

@@ -43,16 +43,18 @@ def list_cmd(
 
     table = Table(title=f"snapshots in {mgr.store_path}", title_justify="left")
     for col in ("id", "created (UTC)", "reason", "tags", "size", "new", "verified"):
-        table.add_column(col, justify="right" if col in ("size", "new") else "left", no_wrap=True)
+        table.add_column(
+            col, justify="right" if col in ("size", "new") else "left", no_wrap=col != "tags"
+        )
     for s in snaps:
         last = s.last_verification
         table.add_row(
-            s.short_id,
-            s.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            s.id[:8],
+            s.created_at.strftime("%Y-%m-%d %H:%M"),
             s.reason,
             ",".join(s.tags),
             human_bytes(s.totals.logical_bytes),
             human_bytes(s.totals.new_bytes),
-            "-" if last is None else f"{last.verdict} ({last.mode})",
+            "-" if last is None else f"{last.verdict}/{last.mode}",
         )
     Console().print(table)

@@ -23,10 +23,15 @@ def dumps(model: BaseModel) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
-def snapshot_id(snap: Snapshot) -> str:
-    """BLAKE3 of the snapshot without its `id` and mutable `verifications`."""
-    data = snap.model_dump(mode="json", exclude={"id", "verifications"})
-    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+def snapshot_id(snap: Snapshot | dict[str, Any]) -> str:
+    """BLAKE3 of the snapshot's canonical JSON without its `id` and mutable `verifications`.
+
+    Given the parsed document (a dict), the id covers exactly what was written, so fields
+    that a later version adds with defaults never invalidate an older document's id.
+    """
+    data = snap if isinstance(snap, dict) else snap.model_dump(mode="json")
+    core = {k: v for k, v in data.items() if k not in ("id", "verifications")}
+    raw = json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
     return blake3(raw).hexdigest()
 
 
@@ -58,7 +63,7 @@ def loads(model: type[M], raw: bytes, name: str) -> M:
 
 def load_snapshot(raw: bytes, name: str) -> Snapshot:
     snap = loads(Snapshot, raw, name)
-    if snapshot_id(snap) != snap.id:
+    if snapshot_id(json.loads(raw)) != snap.id:
         raise ManifestError(f"{name}: content does not match its id (edited or damaged)")
     return snap
 

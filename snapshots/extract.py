@@ -26,7 +26,9 @@ from .repository import Repository
 Progress = Callable[[int], None]
 
 
-def _blobs(repo: Repository, pool: ThreadPoolExecutor, refs: Iterable[ChunkRef]) -> Iterator[bytes]:
+def read_blobs(
+    repo: Repository, pool: ThreadPoolExecutor, refs: Iterable[ChunkRef]
+) -> Iterator[bytes]:
     """Blob contents in order, read and decompressed a few ahead on the pool."""
     window: deque[Future[bytes]] = deque()
     it = iter(refs)
@@ -60,9 +62,14 @@ def safe_target(root: Path, rel: str) -> Path:
 
 class Extractor:
     def __init__(
-        self, repo: Repository, progress: Progress | None = None, workers: int = 2
+        self,
+        repo: Repository,
+        progress: Progress | None = None,
+        workers: int = 2,
+        durable: bool = True,
     ) -> None:
         self.repo = repo
+        self.durable = durable
         self.progress = progress or (lambda _n: None)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chromasnap-read")
 
@@ -83,7 +90,8 @@ class Extractor:
             os.ftruncate(fd, entry.size)
             if digest != entry.hash:
                 raise StoreError(f"{entry.path}: reassembled content does not match its hash")
-            os.fsync(fd)
+            if self.durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.chmod(path, entry.mode)
@@ -103,46 +111,57 @@ class Extractor:
             if sparse:
                 length = sum(n for _, n in ext.chunks)
                 h.update(ext.offset.to_bytes(8, "little") + length.to_bytes(8, "little"))
-            for data in _blobs(self.repo, self.pool, ext.chunks):
+            for data in read_blobs(self.repo, self.pool, ext.chunks):
                 h.update(data)
                 self._write(fd, data)
         return h.hexdigest()
 
     def _split(self, fd: int, doc: HnswSplitList) -> str:
         h = blake3()
-        rec, link = doc.record_size, doc.link_bytes
-        vec = rec - link
-        links, vectors = (
-            _blobs(self.repo, self.pool, doc.links),
-            _blobs(self.repo, self.pool, doc.vectors),
-        )
-        lbuf, vbuf = bytearray(), bytearray()
-        done = 0
-        per_block = max(1, (4 << 20) // rec)
+        for block in join_streams(lambda refs: read_blobs(self.repo, self.pool, refs), doc):
+            h.update(block)
+            self._write(fd, block)
+        return h.hexdigest()
+
+
+def join_streams(
+    blobs: Callable[[list[ChunkRef]], Iterator[bytes]], doc: HnswSplitList
+) -> Iterator[bytes]:
+    """The bytes of an hnsw-split file, in blocks of whole records, then its tail."""
+    rec, link = doc.record_size, doc.link_bytes
+    vec = rec - link
+    links, vectors = blobs(doc.links), blobs(doc.vectors)
+    lbuf, vbuf = bytearray(), bytearray()
+    done = 0
+    per_block = max(1, (4 << 20) // rec)
+    try:
         while done < doc.records:
             n = min(per_block, doc.records - done)
             while len(lbuf) < n * link:
                 lbuf += next(links)
             while len(vbuf) < n * vec:
                 vbuf += next(vectors)
-            block = hnsw.join_records(bytes(lbuf[: n * link]), bytes(vbuf[: n * vec]), rec, link)
+            yield hnsw.join_records(bytes(lbuf[: n * link]), bytes(vbuf[: n * vec]), rec, link)
             del lbuf[: n * link]
             del vbuf[: n * vec]
-            h.update(block)
-            self._write(fd, block)
             done += n
-        if lbuf or vbuf or next(links, None) is not None or next(vectors, None) is not None:
-            raise StoreError("hnsw streams are longer than their record count")
-        for data in _blobs(self.repo, self.pool, doc.tail):
-            h.update(data)
-            self._write(fd, data)
-        return h.hexdigest()
+    except StopIteration:
+        raise StoreError("hnsw streams are shorter than their record count") from None
+    if lbuf or vbuf or next(links, None) is not None or next(vectors, None) is not None:
+        raise StoreError("hnsw streams are longer than their record count")
+    yield from blobs(doc.tail)
 
 
 def extract(
-    repo: Repository, snap: Snapshot, target: Path, progress: Progress | None = None
+    repo: Repository,
+    snap: Snapshot,
+    target: Path,
+    progress: Progress | None = None,
+    durable: bool = True,
 ) -> Path:
-    """Write `snap` into `target` (which must not exist or be an empty directory)."""
+    """Write `snap` into `target` (which must not exist or be an empty directory).
+
+    `durable=False` skips the fsyncs, for throwaway copies such as verify's."""
     target = target.absolute()
     if target.is_symlink():
         raise UsageError(f"{target} is a symlink; give a plain directory")
@@ -155,7 +174,8 @@ def extract(
         raise UsageError(f"{target.parent} does not exist")
     stage = target.with_name(f".{target.name}.extract-{os.getpid()}-{os.urandom(4).hex()}")
     os.mkdir(stage, 0o700)
-    ex = Extractor(repo, progress)
+    ex = Extractor(repo, progress, durable=durable)
+    sync = fsutil.fsync_dir if durable else (lambda _p: None)
     try:
         for d in snap.dirs:
             path = safe_target(stage, d.path)
@@ -164,13 +184,13 @@ def extract(
             ex.write_file(stage, f)
         for d in sorted(snap.dirs, key=lambda d: d.path.count("/"), reverse=True):
             path = stage / d.path
-            fsutil.fsync_dir(path)
+            sync(path)
             os.chmod(path, d.mode)
             os.utime(path, ns=(d.mtime_ns, d.mtime_ns))
-        fsutil.fsync_dir(stage)
+        sync(stage)
         os.chmod(stage, snap.root_mode)
         os.rename(stage, target)  # replaces an empty directory atomically
-        fsutil.fsync_dir(target.parent)
+        sync(target.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(stage)

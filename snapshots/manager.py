@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from chromasnap.manifest import Snapshot, Totals, snapshot_id
+from chromasnap.manifest import Snapshot, Totals, WalState, snapshot_id
 
 from .backend import Backend, LocalBackend
-from .errors import UsageError
+from .errors import ChromasnapError, StoreError, UsageError
 from .repository import Repository
+
+if TYPE_CHECKING:
+    from .checker import HealthReport, ProbeReport, VerifyReport
 
 Progress = Callable[[int], None]
 SQLITE_NAME = "chroma.sqlite3"
@@ -203,3 +209,208 @@ class SnapshotManager:
         if _inside(real, Path(os.path.realpath(self.store_path))):
             raise UsageError(f"{dest} is inside the store; extract somewhere else")
         return extract(self.repo, snap, dest, progress)
+
+    # --- integrity ----------------------------------------------------------------
+
+    def verify(
+        self,
+        ref: str,
+        quick: bool = False,
+        python: str | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
+        """Check one snapshot: every stored byte, then (unless `quick`) open it with chromadb
+        (or the interpreter `python`) in a child process. The result is recorded in the
+        snapshot's history."""
+        return self.verify_many(
+            [ref], quick=quick, python=python, timeout=timeout, progress=progress
+        )[0]
+
+    def verify_many(
+        self,
+        refs: Sequence[str] | None = None,
+        quick: bool = False,
+        python: str | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> builtins.list[VerifyReport]:
+        """`verify` for several snapshots (all when `refs` is None), reading shared files once."""
+        from . import checker
+
+        repo = self.repo
+        snaps = [self.get(r) for r in refs] if refs is not None else self.list()
+        verified: dict[str, str | None] = {}
+        reports = []
+        for snap in snaps:
+            t0 = time.monotonic()
+            if quick:
+                problems, checked = checker.check_objects(repo, snap, verified, progress)
+            else:  # extracting checks every blob and every whole-file hash on the way
+                probe, problems = self._probe_snapshot(snap, python, timeout)
+                checked = snap.totals.data_bytes if not problems else 0
+            if problems:
+                report = checker.VerifyReport(
+                    id=snap.id,
+                    ok=False,
+                    verdict="damaged",
+                    mode="quick" if quick else "full",
+                    detail=self._damage_detail(problems),
+                    checked_bytes=checked,
+                )
+            elif quick:
+                report = checker.VerifyReport(
+                    id=snap.id,
+                    ok=True,
+                    verdict="ok",
+                    mode="quick",
+                    checked_bytes=checked,
+                    detail=f"{snap.totals.files} files, {checked} bytes: every hash matches",
+                )
+            else:
+                assert probe is not None
+                report = checker.VerifyReport(
+                    id=snap.id,
+                    ok=probe.ok,
+                    verdict=probe.verdict,
+                    mode="full",
+                    detail=probe.detail,
+                    checked_bytes=checked,
+                    probe=probe,
+                )
+            report.duration_s = time.monotonic() - t0
+            self._record(report, python)
+            reports.append(report)
+        return reports
+
+    def _damage_detail(self, problems: builtins.list[str]) -> str:
+        """The problems, and for each damaged blob every snapshot that references it."""
+        from . import checker
+
+        detail = "; ".join(problems[:5]) + (
+            f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        )
+        prefixes = {p for p in (checker.damaged_blob_key(x) for x in problems) if p}
+        if prefixes:
+            users = []
+            for s in self.list():
+                keys = checker.referenced_blobs(self.repo, s)
+                if any(k.startswith(p) for k in keys for p in prefixes):
+                    users.append(s.short_id)
+            blobs = ", ".join(sorted(prefixes))
+            detail += f"; damaged blob(s) {blobs} referenced by snapshots {', '.join(users)}"
+        return detail
+
+    def _probe_snapshot(
+        self, snap: Snapshot, python: str | None, timeout: float | None
+    ) -> tuple[ProbeReport | None, builtins.list[str]]:
+        """Extract privately (checking every byte) and probe; or the damage found."""
+        import shutil
+
+        from . import checker
+        from .extract import extract
+
+        work = (
+            self.backend.scratch_dir()
+            / f"verify-{snap.id[:12]}-{os.getpid()}-{os.urandom(3).hex()}"
+        )
+        os.mkdir(work, 0o700)
+        try:
+            try:
+                db = extract(self.repo, snap, work / "db", durable=False)
+            except StoreError as exc:  # name exactly what is damaged
+                problems, _ = checker.check_objects(self.repo, snap, {})
+                return None, problems or [str(exc)]
+            probe = checker.run_probe(db, snap.wal, python, timeout or checker.DEFAULT_TIMEOUT)
+            return probe, []
+        finally:  # also on Ctrl-C: the private copy never outlives the check
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _record(self, report: VerifyReport, python: str | None) -> None:
+        from chromasnap.manifest import Verification
+
+        from . import checker
+
+        version = report.probe.chromadb_version if report.probe else None
+        if report.probe is None and python is None:
+            version = _version("chromadb")
+        elif version is None and python is not None:
+            version = checker.chromadb_version_of(python)
+        entry = Verification(
+            at=datetime.now(UTC),
+            mode=report.mode,
+            interpreter=python or sys.executable,
+            chromadb_version=version,
+            verdict=report.verdict,
+            ok=report.ok,
+            duration_s=round(report.duration_s, 3),
+            detail=report.detail[:2000],
+        )
+        try:
+            with self.backend.lock():
+                snap = self.repo.load_snapshot(report.id)
+                snap.verifications.append(entry)
+                self.repo.save_snapshot(snap)
+        except (OSError, ChromasnapError):
+            pass  # a read-only store still gets its verdict, just not its history
+
+    def health(
+        self, in_place: bool = False, python: str | None = None, timeout: float | None = None
+    ) -> HealthReport:
+        """Probe the live database: a private consistent copy by default (a crash or a
+        rolled-back journal then touches only the copy), the directory itself if `in_place`."""
+        import shutil
+        import tempfile
+
+        from . import checker
+        from .livecopy import copy_database
+        from .sqlite_state import apply_hnsw, read_wal_state_file
+
+        db_path = self._need_db()
+        check_database(db_path)
+        work: Path | None = None
+        try:
+            if in_place:
+                target = db_path
+            else:
+                parent = (
+                    db_path.parent
+                    if os.access(db_path.parent, os.W_OK)
+                    else Path(tempfile.gettempdir())
+                )
+                work = Path(tempfile.mkdtemp(prefix=".chromasnap-health-", dir=parent))
+                target = work / "db"
+                copy_database(db_path, target)
+            expected = self._expected_state(target, read_wal_state_file, apply_hnsw)
+            probe = checker.run_probe(target, expected, python, timeout or checker.DEFAULT_TIMEOUT)
+        finally:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+        return checker.HealthReport(
+            healthy=probe.ok,
+            verdict=probe.verdict,
+            detail=probe.detail,
+            in_place=in_place,
+            probe=probe,
+        )
+
+    @staticmethod
+    def _expected_state(
+        db: Path, read: Callable[[Path], WalState], apply: Callable[..., None]
+    ) -> WalState | None:
+        """The WAL state of a database directory, to compare the probe's findings with."""
+        from . import hnsw
+
+        if (db / "chroma.sqlite3-journal").exists() or (db / "chroma.sqlite3-wal").exists():
+            return None  # chromadb will first roll back or replay; counts are not comparable
+        state = read(db / SQLITE_NAME)
+        info: dict[str, tuple[int | None, bool]] = {}
+        for seg in db.iterdir():
+            if seg.is_dir() and not seg.is_symlink() and (seg / "header.bin").is_file():
+                h = hnsw.parse_header((seg / "header.bin").read_bytes())
+                info[seg.name] = (
+                    h.cur_element_count if h else None,
+                    (seg / "index_metadata.pickle").exists(),
+                )
+        apply(state, info)
+        return state

@@ -1,0 +1,33 @@
+"""`chromasnap health`: does the live database open and answer queries?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .verify_cmd import PythonOpt, TimeoutOpt
+
+
+@handle_errors
+def health_cmd(
+    in_place: Annotated[
+        bool, typer.Option("--in-place", help="Probe the live directory itself (faster; no copy).")
+    ] = False,
+    python: PythonOpt = None,
+    timeout: TimeoutOpt = 120.0,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Probe the live database with chromadb in a child process; exit 0 healthy, 1 not."""
+    report = manager(db, store).health(in_place=in_place, python=python, timeout=timeout)
+    if json_out:
+        print_json({"healthy": report.healthy, "verdict": report.verdict, "detail": report.detail})
+    else:
+        state = "healthy" if report.healthy else f"UNHEALTHY ({report.verdict})"
+        typer.echo(f"{state}: {report.detail}")
+    if not report.healthy:
+        raise typer.Exit(1)

@@ -1,0 +1,59 @@
+"""`chromasnap verify`: check stored bytes, and open snapshots with chromadb in a child."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+
+PythonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--python", help="Probe with this interpreter (e.g. a venv with another chromadb)."
+    ),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", min=1, help="Seconds before a probe is killed.")
+]
+
+
+@handle_errors
+def verify_cmd(
+    ids: Annotated[
+        list[str] | None, typer.Argument(metavar="[ID]...", help="Default: latest.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Verify every snapshot.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Only rehash stored bytes (no chromadb).")
+    ] = False,
+    python: PythonOpt = None,
+    timeout: TimeoutOpt = 120.0,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Verify snapshots; exit 0 when all pass, 1 when any fails."""
+    mgr = manager(db, store)
+    if all_ and ids:
+        from chromasnap.snapshots import UsageError
+
+        raise UsageError("give snapshot ids or --all, not both")
+    refs = None if all_ else (ids or ["latest"])
+    reports = mgr.verify_many(refs, quick=quick, python=python, timeout=timeout)
+    if json_out:
+        print_json(
+            [{"id": r.id, "ok": r.ok, "verdict": r.verdict, "detail": r.detail} for r in reports]
+        )
+    else:
+        for r in reports:
+            mark = "ok  " if r.ok else "FAIL"
+            typer.echo(
+                f"{mark} {r.id[:12]} {r.mode:5} {r.verdict:9} {r.detail} ({r.duration_s:.1f} s)"
+            )
+        if not reports:
+            typer.echo("no snapshots to verify")
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
