@@ -63,9 +63,7 @@ def cdc(data: bytes, avg: int = 16384, lo: int = 4096, hi: int = 65536) -> Itera
         last += hi
 
 
-def new_fraction(
-    a: bytes, b: bytes, chunker: Callable[[bytes], Iterator[bytes]]
-) -> tuple[float, int]:
+def new_fraction(a: bytes, b: bytes, chunker: Callable[[bytes], Iterator[bytes]]) -> tuple[float, int]:
     seen = {blake3(c).digest() for c in chunker(a)}
     chunks = list(chunker(b))
     new = sum(len(c) for c in chunks if blake3(c).digest() not in seen)
@@ -77,9 +75,7 @@ def main() -> int:
     b_db = CACHE / "choices" / "chroma"
     if not (b_db.parent / ".ready").exists():
         fresh_copy(a_db, b_db)
-        subprocess.run(
-            [sys.executable, sample.__file__, "grow", str(b_db), "--fraction", "0.05"], check=True
-        )
+        subprocess.run([sys.executable, sample.__file__, "grow", str(b_db), "--fraction", "0.05"], check=True)
         (b_db.parent / ".ready").write_text("ok")
 
     data = os.urandom(64 << 20)
@@ -92,9 +88,7 @@ def main() -> int:
             t = time.perf_counter()
             for c in fixed(data, cs):
                 fn(c)
-            print(
-                f"  {name:7} {cs >> 10:5} KiB chunks {len(data) / (time.perf_counter() - t) / 1e6:7.0f}"
-            )
+            print(f"  {name:7} {cs >> 10:5} KiB chunks {len(data) / (time.perf_counter() - t) / 1e6:7.0f}")
 
     seg = max(
         (p for p in a_db.iterdir() if p.is_dir()),
@@ -121,9 +115,7 @@ def main() -> int:
             t = time.perf_counter()
             out = sum(len(c.compress(x)) for x in fixed(stream, cs))
             dt = time.perf_counter() - t
-            print(
-                f"  {name:8} level {level}: {out / len(stream):.3f}  {len(stream) / dt / 1e6:6.0f} MB/s"
-            )
+            print(f"  {name:8} level {level}: {out / len(stream):.3f}  {len(stream) / dt / 1e6:6.0f} MB/s")
 
     print("after +5% vectors: fraction of the new file not found in the old one (chunks)")
     schemes: list[tuple[str, Callable[[bytes], Iterator[bytes]]]] = [

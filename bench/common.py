@@ -31,9 +31,7 @@ def bench_db(python: str = sys.executable, records: tuple[int, ...] = RECORDS) -
     if not done.exists():
         shutil.rmtree(path.parent, ignore_errors=True)
         path.parent.mkdir(parents=True)
-        print(
-            f"building the bench database ({' + '.join(map(str, records))} records) ...", flush=True
-        )
+        print(f"building the bench database ({' + '.join(map(str, records))} records) ...", flush=True)
         subprocess.run(
             [python, sample.__file__, "build", str(path), "--records", *map(str, records)],
             check=True,

@@ -108,9 +108,7 @@ def main() -> int:
         restic_a = du(repo)
 
     # 3. add 5% more vectors (HNSW persists: 5% of 100k is past sync_threshold 1000)
-    subprocess.run(
-        [sys.executable, sample.__file__, "grow", str(db), "--fraction", "0.05"], check=True
-    )
+    subprocess.run([sys.executable, sample.__file__, "grow", str(db), "--fraction", "0.05"], check=True)
     time.sleep(2.5)  # let the change settle past the racy-mtime window of the next snapshot
     inc_t, _, inc = snapshot(db, store)
     inc_new = int(inc["totals"]["new_bytes"])  # type: ignore[index]

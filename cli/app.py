@@ -7,7 +7,10 @@ import typer
 from .demo_cmd import demo_cmd
 from .extract_cmd import extract_cmd
 from .health_cmd import health_cmd
+from .kept_cmd import kept_cmd
 from .list_cmd import list_cmd
+from .recover_cmd import recover_cmd
+from .restore_cmd import restore_cmd
 from .schema_cmd import schema_cmd
 from .show_cmd import show_cmd
 from .snapshot_cmd import snapshot_cmd
@@ -27,6 +30,9 @@ app.command("show")(show_cmd)
 app.command("extract")(extract_cmd)
 app.command("verify")(verify_cmd)
 app.command("health")(health_cmd)
+app.command("restore")(restore_cmd)
+app.command("recover")(recover_cmd)
+app.command("kept")(kept_cmd)
 app.command("schema")(schema_cmd)
 app.command("demo")(demo_cmd)
 

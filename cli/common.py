@@ -15,9 +15,7 @@ import typer
 
 DbOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--db", envvar="CHROMASNAP_DB", help="Chroma database directory.", show_default=False
-    ),
+    typer.Option("--db", envvar="CHROMASNAP_DB", help="Chroma database directory.", show_default=False),
 ]
 StoreOpt = Annotated[
     Path | None,

@@ -24,9 +24,7 @@ def demo_cmd(
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Scratch folder (default: a new temporary one).")
     ] = None,
-    records: Annotated[
-        int, typer.Option("--records", min=10, help="Records in the main collection.")
-    ] = 3000,
+    records: Annotated[int, typer.Option("--records", min=10, help="Records in the main collection.")] = 3000,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -43,10 +41,7 @@ def demo_cmd(
         if not json_out:
             typer.echo(msg)
 
-    say(
-        f"1. building a sample Chroma database in {db} "
-        f"({records} + {records // 10} records, dim 384)"
-    )
+    say(f"1. building a sample Chroma database in {db} ({records} + {records // 10} records, dim 384)")
     _sample("build", str(db), "--records", str(records), str(records // 10))
     mgr = SnapshotManager(db)
     s1 = mgr.snapshot(reason="manual", tags=["demo"], note="sample database, first load")
@@ -62,10 +57,7 @@ def demo_cmd(
         f"{human_bytes(s2.totals.new_bytes)} new ({s2.totals.reused_files} files unchanged)"
     )
     s3 = mgr.snapshot(reason="manual", tags=["demo"], note="nothing changed")
-    say(
-        f"5. snapshot {s3.short_id} of the unchanged database: "
-        f"{human_bytes(s3.totals.new_bytes)} new"
-    )
+    say(f"5. snapshot {s3.short_id} of the unchanged database: {human_bytes(s3.totals.new_bytes)} new")
     if json_out:
         print_json(
             {
@@ -79,7 +71,4 @@ def demo_cmd(
     from .list_cmd import list_cmd
 
     list_cmd(db=db, store=None, json_out=False, debug=debug)
-    say(
-        f"\nTry: chromasnap show latest --db {db}\n"
-        f"     chromasnap extract latest /tmp/copy --db {db}"
-    )
+    say(f"\nTry: chromasnap show latest --db {db}\n     chromasnap extract latest /tmp/copy --db {db}")

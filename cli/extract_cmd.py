@@ -21,9 +21,7 @@ from .common import (
 
 @handle_errors
 def extract_cmd(
-    snapshot_id: Annotated[
-        str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")
-    ],
+    snapshot_id: Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")],
     target: Annotated[Path, typer.Argument(metavar="DIR", help="New or empty directory.")],
     db: DbOpt = None,
     store: StoreOpt = None,
@@ -38,6 +36,4 @@ def extract_cmd(
     if json_out:
         print_json({"id": snap.id, "path": str(out), "files": snap.totals.files})
     else:
-        typer.echo(
-            f"extracted {snap.short_id} into {out} ({snap.totals.files} files, all hashes match)"
-        )
+        typer.echo(f"extracted {snap.short_id} into {out} ({snap.totals.files} files, all hashes match)")

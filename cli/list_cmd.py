@@ -26,9 +26,7 @@ def list_cmd(
     if not mgr.backend.exists():
         from chromasnap.snapshots import UsageError
 
-        raise UsageError(
-            f"no chromasnap store at {mgr.store_path} (take one with `chromasnap snapshot`)"
-        )
+        raise UsageError(f"no chromasnap store at {mgr.store_path} (take one with `chromasnap snapshot`)")
     snaps = mgr.list()
     for problem in mgr.problems:
         typer.echo(f"warning: {problem}", err=True)
@@ -43,9 +41,7 @@ def list_cmd(
 
     table = Table(title=f"snapshots in {mgr.store_path}", title_justify="left")
     for col in ("id", "created (UTC)", "reason", "tags", "size", "new", "verified"):
-        table.add_column(
-            col, justify="right" if col in ("size", "new") else "left", no_wrap=col != "tags"
-        )
+        table.add_column(col, justify="right" if col in ("size", "new") else "left", no_wrap=col != "tags")
     for s in snaps:
         last = s.last_verification
         table.add_row(

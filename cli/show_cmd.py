@@ -20,9 +20,7 @@ from .common import (
 
 @handle_errors
 def show_cmd(
-    snapshot_id: Annotated[
-        str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")
-    ],
+    snapshot_id: Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")],
     db: DbOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,

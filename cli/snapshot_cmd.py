@@ -23,9 +23,7 @@ from .common import (
 
 @handle_errors
 def snapshot_cmd(
-    tag: Annotated[
-        list[str] | None, typer.Option("--tag", help="Tag to attach (repeatable).")
-    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag to attach (repeatable).")] = None,
     note: Annotated[str | None, typer.Option("--note", help="Free text to keep with it.")] = None,
     reason: Annotated[str, typer.Option("--reason", help="Why it was taken.")] = "manual",
     db: DbOpt = None,

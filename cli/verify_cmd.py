@@ -10,24 +10,16 @@ from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, 
 
 PythonOpt = Annotated[
     str | None,
-    typer.Option(
-        "--python", help="Probe with this interpreter (e.g. a venv with another chromadb)."
-    ),
+    typer.Option("--python", help="Probe with this interpreter (e.g. a venv with another chromadb)."),
 ]
-TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", min=1, help="Seconds before a probe is killed.")
-]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds before a probe is killed.")]
 
 
 @handle_errors
 def verify_cmd(
-    ids: Annotated[
-        list[str] | None, typer.Argument(metavar="[ID]...", help="Default: latest.")
-    ] = None,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Default: latest.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Verify every snapshot.")] = False,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Only rehash stored bytes (no chromadb).")
-    ] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Only rehash stored bytes (no chromadb).")] = False,
     python: PythonOpt = None,
     timeout: TimeoutOpt = 120.0,
     db: DbOpt = None,
@@ -44,15 +36,11 @@ def verify_cmd(
     refs = None if all_ else (ids or ["latest"])
     reports = mgr.verify_many(refs, quick=quick, python=python, timeout=timeout)
     if json_out:
-        print_json(
-            [{"id": r.id, "ok": r.ok, "verdict": r.verdict, "detail": r.detail} for r in reports]
-        )
+        print_json([{"id": r.id, "ok": r.ok, "verdict": r.verdict, "detail": r.detail} for r in reports])
     else:
         for r in reports:
             mark = "ok  " if r.ok else "FAIL"
-            typer.echo(
-                f"{mark} {r.id[:12]} {r.mode:5} {r.verdict:9} {r.detail} ({r.duration_s:.1f} s)"
-            )
+            typer.echo(f"{mark} {r.id[:12]} {r.mode:5} {r.verdict:9} {r.detail} ({r.duration_s:.1f} s)")
         if not reports:
             typer.echo("no snapshots to verify")
     if not all(r.ok for r in reports):

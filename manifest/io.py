@@ -23,6 +23,10 @@ def dumps(model: BaseModel) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
+MUTABLE = ("id", "verifications", "events")
+"""Fields of a snapshot document that its id does not cover."""
+
+
 def snapshot_id(snap: Snapshot | dict[str, Any]) -> str:
     """BLAKE3 of the snapshot's canonical JSON without its `id` and mutable `verifications`.
 
@@ -30,7 +34,7 @@ def snapshot_id(snap: Snapshot | dict[str, Any]) -> str:
     that a later version adds with defaults never invalidate an older document's id.
     """
     data = snap if isinstance(snap, dict) else snap.model_dump(mode="json")
-    core = {k: v for k, v in data.items() if k not in ("id", "verifications")}
+    core = {k: v for k, v in data.items() if k not in MUTABLE}
     raw = json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
     return blake3(raw).hexdigest()
 

@@ -235,9 +235,17 @@ class Verification(_Model):
     detail: str = ""
 
 
+class Event(_Model):
+    """Something that happened to a snapshot after it was taken (a guarded write failed)."""
+
+    at: datetime
+    kind: str
+    detail: str = ""
+
+
 class Snapshot(_Model):
     """One snapshot: `snapshots/<id>.json`. `id` is BLAKE3 over the record without
-    `id` and `verifications` (see `snapshot_id`)."""
+    `id` and the mutable `verifications` and `events` (see `snapshot_id`)."""
 
     format_version: int = FORMAT_VERSION
     id: Key
@@ -257,6 +265,7 @@ class Snapshot(_Model):
     skipped: list[SkippedEntry] = Field(default_factory=list)
     wal: WalState
     verifications: list[Verification] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list)
 
     @property
     def short_id(self) -> str:

@@ -32,12 +32,7 @@ def lock_timeout() -> float:
 def check_name(name: str) -> str:
     """Store names are hostile until checked: relative, no '..', no empty parts."""
     parts = name.split("/")
-    if (
-        not name
-        or name.startswith("/")
-        or "\x00" in name
-        or any(p in ("", ".", "..") for p in parts)
-    ):
+    if not name or name.startswith("/") or "\x00" in name or any(p in ("", ".", "..") for p in parts):
         raise StoreError(f"refusing unsafe store path {name!r}")
     return name
 

@@ -45,6 +45,7 @@ from .sqlite_state import (
 )
 
 SQLITE_NAME = "chroma.sqlite3"
+OWN_PREFIX = ".chromasnap-"
 SQLITE_SIDE_FILES = (SQLITE_NAME + "-journal", SQLITE_NAME + "-wal", SQLITE_NAME + "-shm")
 READ_BLOCK = 4 << 20
 RETRIES = 4
@@ -78,18 +79,16 @@ def scan(root: Path) -> Scan:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
             path = f"{rel}/{e.name}" if rel else e.name
+            if not rel and e.name.startswith(OWN_PREFIX):
+                continue  # chromasnap's own (a restore staged inside a mount point)
             st = e.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 out.skipped.append(SkippedEntry(path=path, kind="symlink", reason="never followed"))
             elif stat.S_ISDIR(st.st_mode):
-                out.dirs.append(
-                    DirEntry(path=path, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns)
-                )
+                out.dirs.append(DirEntry(path=path, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns))
                 walk(path)
             elif not stat.S_ISREG(st.st_mode):
-                out.skipped.append(
-                    SkippedEntry(path=path, kind="special", reason="not a regular file")
-                )
+                out.skipped.append(SkippedEntry(path=path, kind="special", reason="not a regular file"))
             elif not rel and e.name in SQLITE_SIDE_FILES:
                 out.side_files.append(e.name)
             else:
@@ -262,9 +261,7 @@ class Capturer:
                 if not stat.S_ISREG(before.st_mode):
                     raise CaptureError(f"{path} is no longer a regular file")
                 size = before.st_size
-                split = header is not None and data_extents(fd, size) == (
-                    [(0, size)] if size else []
-                )
+                split = header is not None and data_extents(fd, size) == ([(0, size)] if size else [])
                 if split and header is not None:
                     doc: PlainList | HnswSplitList
                     doc, digest, kind = self._split(fd, size, header)
@@ -292,9 +289,7 @@ class Capturer:
     ) -> FileEntry:
         list_key = self.writer.add_sync(dumps(ChunkListDoc(list=doc)), "list")
         data = (
-            doc.size
-            if isinstance(doc, HnswSplitList)
-            else sum(n for e in doc.extents for _, n in e.chunks)
+            doc.size if isinstance(doc, HnswSplitList) else sum(n for e in doc.extents for _, n in e.chunks)
         )
         return FileEntry(
             path=rel,
@@ -339,9 +334,7 @@ class Capturer:
         wal.journal_mode = mode  # of the live file (a private copy is always 'delete')
         wal.leftover_files = sorted(side)
         if journal.exists() and not wal.hot_journal:
-            wal.journal_action = (
-                "journal of a transaction in progress; its changes are not captured"
-            )
+            wal.journal_action = "journal of a transaction in progress; its changes are not captured"
         return entry, wal
 
     def _read_under_lock(self, live: Path) -> tuple[FileEntry, WalState]:
@@ -368,9 +361,7 @@ class Capturer:
         entry.captured_by = "sqlite-shared-lock"
         return entry, wal
 
-    def _read_private_copy(
-        self, live: Path, scratch: Path, hot: bool
-    ) -> tuple[FileEntry, WalState]:
+    def _read_private_copy(self, live: Path, scratch: Path, hot: bool) -> tuple[FileEntry, WalState]:
         copy = scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             if hot:

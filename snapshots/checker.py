@@ -259,9 +259,7 @@ def run_probe(
         report.detail = "; ".join(problems)[:1000]
     else:
         counts = ", ".join(f"{c['name']}={c['count']}" for c in report.collections)
-        report.detail = (
-            f"opened with chromadb {report.chromadb_version}: {counts or 'no collections'}"
-        )
+        report.detail = f"opened with chromadb {report.chromadb_version}: {counts or 'no collections'}"
     return report
 
 
@@ -291,8 +289,7 @@ def compare(report: ProbeReport, expected: WalState | None) -> list[str]:
         hi = lo + ec.metadata_pending
         if not lo <= count <= hi:
             problems.append(
-                f"{ec.name}: chromadb counts {count}, the manifest {lo}"
-                + (f"-{hi}" if hi > lo else "")
+                f"{ec.name}: chromadb counts {count}, the manifest {lo}" + (f"-{hi}" if hi > lo else "")
             )
         if ec.vector_lags and ec.lag_covered is False:
             problems.append(f"{ec.name}: records ahead of the vector segment are no longer queued")

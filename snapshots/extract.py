@@ -26,9 +26,7 @@ from .repository import Repository
 Progress = Callable[[int], None]
 
 
-def read_blobs(
-    repo: Repository, pool: ThreadPoolExecutor, refs: Iterable[ChunkRef]
-) -> Iterator[bytes]:
+def read_blobs(repo: Repository, pool: ThreadPoolExecutor, refs: Iterable[ChunkRef]) -> Iterator[bytes]:
     """Blob contents in order, read and decompressed a few ahead on the pool."""
     window: deque[Future[bytes]] = deque()
     it = iter(refs)
@@ -124,9 +122,7 @@ class Extractor:
         return h.hexdigest()
 
 
-def join_streams(
-    blobs: Callable[[list[ChunkRef]], Iterator[bytes]], doc: HnswSplitList
-) -> Iterator[bytes]:
+def join_streams(blobs: Callable[[list[ChunkRef]], Iterator[bytes]], doc: HnswSplitList) -> Iterator[bytes]:
     """The bytes of an hnsw-split file, in blocks of whole records, then its tail."""
     rec, link = doc.record_size, doc.link_bytes
     vec = rec - link

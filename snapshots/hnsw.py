@@ -68,7 +68,5 @@ def join_records(links: bytes, vectors: bytes, record_size: int, link_bytes: int
     n = len(links) // link_bytes
     out = np.empty((n, record_size), dtype=np.uint8)
     out[:, :link_bytes] = np.frombuffer(links, dtype=np.uint8).reshape(n, link_bytes)
-    out[:, link_bytes:] = np.frombuffer(vectors, dtype=np.uint8).reshape(
-        n, record_size - link_bytes
-    )
+    out[:, link_bytes:] = np.frombuffer(vectors, dtype=np.uint8).reshape(n, record_size - link_bytes)
     return out.tobytes()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -16,11 +17,12 @@ from typing import TYPE_CHECKING
 from chromasnap.manifest import Snapshot, Totals, WalState, snapshot_id
 
 from .backend import Backend, LocalBackend
-from .errors import ChromasnapError, StoreError, UsageError
+from .errors import ChromasnapError, LockTimeout, StoreError, UsageError
 from .repository import Repository
 
 if TYPE_CHECKING:
     from .checker import HealthReport, ProbeReport, VerifyReport
+    from .restore import RecoverResult, RestoreResult
 
 Progress = Callable[[int], None]
 SQLITE_NAME = "chroma.sqlite3"
@@ -46,9 +48,7 @@ def check_layout(db_path: Path, store_path: Path) -> None:
     """Refuse a store inside the database, or a database inside the store."""
     db, store = Path(os.path.realpath(db_path)), Path(os.path.realpath(store_path))
     if _inside(store, db):
-        raise UsageError(
-            f"the store {store_path} is inside the database {db_path}; put it elsewhere"
-        )
+        raise UsageError(f"the store {store_path} is inside the database {db_path}; put it elsewhere")
     if _inside(db, store):
         raise UsageError(f"the database {db_path} is inside the store {store_path}")
     if store_path.exists() and not store_path.is_dir():
@@ -91,8 +91,13 @@ class SnapshotManager:
         else:
             assert self.db_path is not None
             self.store_path = default_store(self.db_path)
+        self.finished_swap: str | None = None
+        """What was done to a restore a crash had interrupted (done before anything else)."""
         if self.db_path is not None:
             check_layout(self.db_path, self.store_path)
+            from .swap import finish_interrupted
+
+            self.finished_swap = finish_interrupted(self.db_path)
         elif self.store_path.exists() and not self.store_path.is_dir():
             raise UsageError(f"the store path {self.store_path} exists and is not a directory")
         self.backend = backend or LocalBackend(self.store_path)
@@ -197,9 +202,7 @@ class SnapshotManager:
         same = [s for s in snaps if s.source == str(self.db_path)]
         return same[-1] if same else None
 
-    def extract(
-        self, ref: str, target: str | os.PathLike[str], progress: Progress | None = None
-    ) -> Path:
+    def extract(self, ref: str, target: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Write snapshot `ref` into `target`, a new or empty directory; every byte is checked."""
         from .extract import extract
 
@@ -223,9 +226,7 @@ class SnapshotManager:
         """Check one snapshot: every stored byte, then (unless `quick`) open it with chromadb
         (or the interpreter `python`) in a child process. The result is recorded in the
         snapshot's history."""
-        return self.verify_many(
-            [ref], quick=quick, python=python, timeout=timeout, progress=progress
-        )[0]
+        return self.verify_many([ref], quick=quick, python=python, timeout=timeout, progress=progress)[0]
 
     def verify_many(
         self,
@@ -287,9 +288,7 @@ class SnapshotManager:
         """The problems, and for each damaged blob every snapshot that references it."""
         from . import checker
 
-        detail = "; ".join(problems[:5]) + (
-            f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
-        )
+        detail = "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
         prefixes = {p for p in (checker.damaged_blob_key(x) for x in problems) if p}
         if prefixes:
             users = []
@@ -310,10 +309,7 @@ class SnapshotManager:
         from . import checker
         from .extract import extract
 
-        work = (
-            self.backend.scratch_dir()
-            / f"verify-{snap.id[:12]}-{os.getpid()}-{os.urandom(3).hex()}"
-        )
+        work = self.backend.scratch_dir() / f"verify-{snap.id[:12]}-{os.getpid()}-{os.urandom(3).hex()}"
         os.mkdir(work, 0o700)
         try:
             try:
@@ -325,6 +321,18 @@ class SnapshotManager:
             return probe, []
         finally:  # also on Ctrl-C: the private copy never outlives the check
             shutil.rmtree(work, ignore_errors=True)
+
+    def _add_event(self, snap_id: str, kind: str, detail: str) -> None:
+        """Append to a snapshot's mutable event history (under the store lock)."""
+        from chromasnap.manifest import Event
+
+        try:
+            with self.backend.lock():
+                snap = self.repo.load_snapshot(snap_id)
+                snap.events.append(Event(at=datetime.now(UTC), kind=kind, detail=detail))
+                self.repo.save_snapshot(snap)
+        except (OSError, ChromasnapError):
+            pass
 
     def _record(self, report: VerifyReport, python: str | None) -> None:
         from chromasnap.manifest import Verification
@@ -373,11 +381,7 @@ class SnapshotManager:
             if in_place:
                 target = db_path
             else:
-                parent = (
-                    db_path.parent
-                    if os.access(db_path.parent, os.W_OK)
-                    else Path(tempfile.gettempdir())
-                )
+                parent = db_path.parent if os.access(db_path.parent, os.W_OK) else Path(tempfile.gettempdir())
                 work = Path(tempfile.mkdtemp(prefix=".chromasnap-health-", dir=parent))
                 target = work / "db"
                 copy_database(db_path, target)
@@ -414,3 +418,131 @@ class SnapshotManager:
                 )
         apply(state, info)
         return state
+
+    # --- restore, guarded writes, recovery -------------------------------------------
+
+    def restore(
+        self,
+        ref: str,
+        verify: bool = True,
+        backup: bool = True,
+        force: bool = False,
+        python: str | None = None,
+        timeout: float | None = None,
+    ) -> RestoreResult:
+        """Replace the live database with snapshot `ref`, atomically; the replaced
+        directory is kept (see `kept`). Takes the database write lock."""
+        from .restore import restore
+
+        with self._write_lock():
+            return restore(self, ref, verify, backup, force, python, timeout)
+
+    def recover(
+        self,
+        rollback_interrupted: bool = True,
+        reset: bool = False,
+        python: str | None = None,
+        timeout: float | None = None,
+    ) -> RecoverResult:
+        """Run at start-up, before opening a client: finish an interrupted swap, probe the
+        database, and if it is broken (or a guarded write died and `rollback_interrupted`)
+        restore the newest snapshot that verifies, the interrupted write's first."""
+        from .restore import recover
+
+        with self._write_lock():
+            return recover(self, rollback_interrupted, reset, python, timeout)
+
+    def open_client(self, **kwargs: object) -> object:
+        """`recover()`, then `chromadb.PersistentClient(path=db)`: one call at start-up."""
+        result = self.recover()
+        if result.action == "failed":
+            raise ChromasnapError(f"cannot recover {self.db_path}: {result.reason}")
+        import chromadb
+
+        return chromadb.PersistentClient(path=str(self.db_path), **kwargs)  # type: ignore[arg-type]
+
+    def kept(self) -> builtins.list[Path]:
+        """Replaced databases kept by restore and recover, oldest first."""
+        from .swap import kept_dirs
+
+        return kept_dirs(self._need_db())
+
+    def purge_kept(self) -> builtins.list[Path]:
+        """Delete the kept replaced databases; returns what was removed."""
+        import shutil
+
+        gone = self.kept()
+        for p in gone:
+            shutil.rmtree(p)
+        return gone
+
+    def before_write(self, reason: str = "", tags: Sequence[str] = (), note: str | None = None) -> WriteGuard:
+        """Guard a write: `with mgr.before_write(reason="index docs"):` or as a decorator.
+
+        Takes the database write lock, snapshots (`pre-write`), leaves a durable write
+        intent for `recover` should the process die, and clears it when the block ends.
+        """
+        return WriteGuard(self, reason, tags, note)
+
+    def _write_lock(self) -> contextlib.AbstractContextManager[object]:
+        from filelock import FileLock, Timeout
+
+        from .backend import lock_timeout
+
+        self.backend.create()
+        lock = FileLock(str(self.store_path / "write.lock"), mode=0o600)
+
+        @contextlib.contextmanager
+        def held() -> Iterator[object]:
+            try:
+                lock.acquire(timeout=lock_timeout())
+            except Timeout:
+                raise LockTimeout(
+                    f"another process holds the write lock of {self.db_path} "
+                    f"(a guarded write or a restore); gave up after {lock_timeout():g}s"
+                ) from None
+            try:
+                yield lock
+            finally:
+                lock.release()
+
+        return held()
+
+
+class WriteGuard(contextlib.ContextDecorator):
+    """The context manager and decorator returned by `SnapshotManager.before_write`."""
+
+    def __init__(self, mgr: SnapshotManager, reason: str, tags: Sequence[str], note: str | None):
+        self.mgr, self.reason, self.tags, self.note = mgr, reason, tags, note
+        self.snapshot: Snapshot | None = None
+        self._lock: contextlib.ExitStack | None = None
+        self._intent: str | None = None
+
+    def _recreate_cm(self) -> WriteGuard:  # a fresh guard for each decorated call
+        return WriteGuard(self.mgr, self.reason, self.tags, self.note)
+
+    def __enter__(self) -> Snapshot:
+        from .guard import write_intent
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.mgr._write_lock())
+        try:
+            self.snapshot = self.mgr.snapshot(
+                reason="pre-write", tags=self.tags, note=self.note or self.reason or None
+            )
+            self._intent = write_intent(self.mgr.backend, self.snapshot.id, self.reason)
+        except BaseException:
+            stack.close()
+            raise
+        self._lock = stack
+        return self.snapshot
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
+        try:
+            if et is not None and self.snapshot is not None:
+                self.mgr._add_event(self.snapshot.id, "write-failed", f"{et.__name__}: {ev}"[:500])
+            if self._intent:
+                self.mgr.backend.remove(self._intent)
+        finally:
+            if self._lock is not None:
+                self._lock.close()

@@ -81,9 +81,7 @@ def probe(path: Path, sample: int, seed: int) -> dict[str, Any]:
 
         report["chromadb_version"] = chromadb.__version__
         report["stage"] = "open"
-        client: Any = chromadb.PersistentClient(
-            path=str(path), settings=Settings(anonymized_telemetry=False)
-        )
+        client: Any = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
         report["stage"] = "list"
         rng = random.Random(seed)
         for col in client.list_collections():

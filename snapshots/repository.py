@@ -160,9 +160,7 @@ class Repository:
             return snaps[-1].id
         ref = ref.lower()
         if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
-            raise SnapshotNotFound(
-                f"{ref!r} is not a snapshot id (give 4 or more hex digits, or 'latest')"
-            )
+            raise SnapshotNotFound(f"{ref!r} is not a snapshot id (give 4 or more hex digits, or 'latest')")
         found = [i for i in ids if i.startswith(ref)]
         if not found:
             raise SnapshotNotFound(f"no snapshot matches {ref!r}")
@@ -276,9 +274,7 @@ class BlobWriter:
         for fut, _pack in self._commits:
             fut.result()  # a failed pack fails the snapshot before anything refers to it
         if self._packs:
-            doc = json.dumps(
-                {"version": INDEX_VERSION, "packs": self._packs}, separators=(",", ":")
-            )
+            doc = json.dumps({"version": INDEX_VERSION, "packs": self._packs}, separators=(",", ":"))
             raw = doc.encode()
             self.repo.backend.write(f"index/{blake3(raw).hexdigest()}.json", raw)
             for pack in self._packs:

@@ -46,9 +46,7 @@ def _client(path: str) -> Any:
 
 
 def _collection(client: Any, name: str) -> Any:
-    return client.get_or_create_collection(
-        name, metadata={"hnsw:space": "cosine"}, embedding_function=None
-    )
+    return client.get_or_create_collection(name, metadata={"hnsw:space": "cosine"}, embedding_function=None)
 
 
 def _batch(name: str, start: int, n: int, dim: int, seed: int) -> dict[str, Any]:
@@ -60,10 +58,7 @@ def _batch(name: str, start: int, n: int, dim: int, seed: int) -> dict[str, Any]
         " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(12)) + f" #{i}"
         for i in range(start, start + n)
     ]
-    metas = [
-        {"n": i, "topic": WORDS[i % len(WORDS)], "even": i % 2 == 0}
-        for i in range(start, start + n)
-    ]
+    metas = [{"n": i, "topic": WORDS[i % len(WORDS)], "even": i % 2 == 0} for i in range(start, start + n)]
     emb = rng.standard_normal((n, dim), dtype=np.float32)
     return {"ids": ids, "documents": docs, "metadatas": metas, "embeddings": emb}
 

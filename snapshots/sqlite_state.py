@@ -98,22 +98,16 @@ def _read(db: sqlite3.Connection, state: WalState) -> None:
 
     max_seq: dict[str, int | None] = {}
     if "max_seq_id" in tables:
-        max_seq = {
-            str(s): _int(q) for s, q in db.execute("SELECT segment_id, seq_id FROM max_seq_id")
-        }
+        max_seq = {str(s): _int(q) for s, q in db.execute("SELECT segment_id, seq_id FROM max_seq_id")}
 
     ccols = _columns(db, "collections")
     dim = "dimension" if "dimension" in ccols else "NULL"
     dbcol = "database_id" if "database_id" in ccols else "NULL"
-    collections = db.execute(
-        f"SELECT id, name, {dim}, {dbcol} FROM collections ORDER BY name"
-    ).fetchall()
+    collections = db.execute(f"SELECT id, name, {dim}, {dbcol} FROM collections ORDER BY name").fetchall()
     segs: dict[str, list[SegmentState]] = {}
     for sid, stype, scope, coll in db.execute("SELECT id, type, scope, collection FROM segments"):
         segs.setdefault(str(coll), []).append(
-            SegmentState(
-                id=str(sid), type=str(stype), scope=str(scope), max_seq_id=max_seq.get(str(sid))
-            )
+            SegmentState(id=str(sid), type=str(stype), scope=str(scope), max_seq_id=max_seq.get(str(sid)))
         )
     has_embeddings = "embeddings" in tables and "segment_id" in _columns(db, "embeddings")
     for cid, name, dimension, database in collections:
@@ -142,12 +136,7 @@ def _read(db: sqlite3.Connection, state: WalState) -> None:
             cs.vector_lags = hi is not None and hi > done
             if meta is not None and meta.max_seq_id is not None and meta.max_seq_id > done:
                 cs.vector_lags = True
-            if (
-                cs.vector_lags
-                and meta is not None
-                and has_embeddings
-                and "embeddings_queue" in tables
-            ):
+            if cs.vector_lags and meta is not None and has_embeddings and "embeddings_queue" in tables:
                 # Every record last written after the vector segment's position must still
                 # have its queue row, or the vector segment can never catch up.
                 (missing,) = db.execute(

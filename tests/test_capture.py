@@ -64,9 +64,7 @@ def test_incremental_snapshot_stores_only_links_and_new_vectors(db: Path) -> Non
     full = mgr.snapshot()
     run_sample("grow", str(db), "--fraction", "0.5")  # enough for HNSW to persist again
     inc = mgr.snapshot()
-    path = next(
-        f.path for f in full.files if f.path.endswith("data_level0.bin") and f.size > 1 << 20
-    )
+    path = next(f.path for f in full.files if f.path.endswith("data_level0.bin") and f.size > 1 << 20)
     old = mgr.repo.read_chunk_list(next(f for f in full.files if f.path == path).chunk_list).list
     new = mgr.repo.read_chunk_list(next(f for f in inc.files if f.path == path).chunk_list).list
     assert isinstance(old, HnswSplitList) and isinstance(new, HnswSplitList)
@@ -192,9 +190,7 @@ def test_hot_journal_is_rolled_back_privately_and_recorded(db: Path, tmp_path: P
     assert not (out / "chroma.sqlite3-journal").exists()
     con = sqlite3.connect(out / "chroma.sqlite3")
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    n = con.execute(
-        "SELECT count(*) FROM embedding_metadata WHERE string_value LIKE 'torn%'"
-    ).fetchone()
+    n = con.execute("SELECT count(*) FROM embedding_metadata WHERE string_value LIKE 'torn%'").fetchone()
     assert n == (0,)
     con.close()
     assert counts(out) == {"coll0": 2500, "coll1": 300}
@@ -257,18 +253,14 @@ def test_capture_while_chromadb_writes_opens(db: Path, tmp_path: Path) -> None:
         if live is not None:
             # rows queued past the metadata segment's position are replayed on open (some
             # may already be in `embeddings` when its max_seq_id was not yet updated)
-            assert (
-                (live.records or 0) <= found["live"] <= (live.records or 0) + live.metadata_pending
-            )
+            assert (live.records or 0) <= found["live"] <= (live.records or 0) + live.metadata_pending
 
 
 @pytest.mark.slow
 def test_database_written_by_chromadb_1_0_20(old_python: str, tmp_path: Path) -> None:
     db = tmp_path / "chroma"
     run_sample("build", str(db), "--records", "1500", "200", python=old_python)
-    level0 = next(
-        p for p in db.glob("*/data_level0.bin") if (p.parent / "index_metadata.pickle").exists()
-    )
+    level0 = next(p for p in db.glob("*/data_level0.bin") if (p.parent / "index_metadata.pickle").exists())
     header = parse_header((level0.parent / "header.bin").read_bytes())
     assert header is not None
     # 1.0.x writes data_level0.bin at its capacity, zero-padded past the element count

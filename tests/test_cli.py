@@ -37,9 +37,7 @@ def store_state(store: Path) -> dict[str, bytes]:
 
 
 def test_snapshot_list_show_extract_json(db: Path, tmp_path: Path) -> None:
-    r = cli(
-        "snapshot", "--db", str(db), "--tag", "nightly", "--tag", "v1", "--note", "first", "--json"
-    )
+    r = cli("snapshot", "--db", str(db), "--tag", "nightly", "--tag", "v1", "--note", "first", "--json")
     assert r.returncode == 0, r.stderr
     snap = json.loads(r.stdout)
     assert len(snap["id"]) == 64 and snap["tags"] == ["nightly", "v1"] and snap["note"] == "first"
@@ -197,7 +195,8 @@ def test_usage_errors_exit_2_without_traceback() -> None:
 
 
 def test_console_script_and_demo(tmp_path: Path) -> None:
-    exe = shutil.which("chromasnap") or str(Path(sys.executable).parent / "chromasnap")
+    beside = Path(sys.executable).parent / "chromasnap"  # this interpreter's own script
+    exe = str(beside) if beside.exists() else shutil.which("chromasnap") or "chromasnap"
     r = subprocess.run(
         [exe, "demo", "--dir", str(tmp_path / "demo"), "--records", "400"],
         capture_output=True,
@@ -223,9 +222,7 @@ def test_read_only_store_lists_but_refuses_a_snapshot(db: Path, tmp_path: Path) 
     if subprocess.run(["mount", "--bind", str(store), str(ro)], capture_output=True).returncode:
         pytest.skip("cannot bind-mount here")
     try:
-        if subprocess.run(
-            ["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True
-        ).returncode:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode:
             pytest.skip("cannot remount read-only here")
         before = store_state(store)
         r = cli("list", "--db", str(db), "--store", str(ro), "--json")

@@ -62,9 +62,7 @@ def test_verify_quick_and_full_are_recorded(db: Path) -> None:
     assert json.loads(r.stdout)[0]["last_verification"]["verdict"] == "ok"
     r = cli("verify", "--all", "--quick", "--db", str(db), "--json")
     assert r.returncode == 0
-    assert json.loads(r.stdout) == [
-        {"id": snap.id, "ok": True, "verdict": "ok", "detail": quick.detail}
-    ]
+    assert json.loads(r.stdout) == [{"id": snap.id, "ok": True, "verdict": "ok", "detail": quick.detail}]
 
 
 def test_flipped_byte_in_a_stored_object_names_every_snapshot(db: Path) -> None:
@@ -130,9 +128,7 @@ def _corrupt_links(db: Path) -> None:
     assert h is not None
     p = seg / "data_level0.bin"
     a = np.fromfile(p, dtype=np.uint8).reshape(-1, h.size_data_per_element)
-    links = (
-        np.frombuffer(a[:, : h.offset_data].tobytes(), dtype=np.uint32).reshape(len(a), -1).copy()
-    )
+    links = np.frombuffer(a[:, : h.offset_data].tobytes(), dtype=np.uint32).reshape(len(a), -1).copy()
     links[:, 0] = h.max_m0
     links[:, 1:] = 0x7FFFFFF0
     a[:, : h.offset_data] = np.frombuffer(links.tobytes(), dtype=np.uint8).reshape(len(a), -1)

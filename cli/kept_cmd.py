@@ -1,0 +1,50 @@
+"""`chromasnap kept`: databases replaced by restore and recover, kept until purged."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import (
+    DbOpt,
+    DebugOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
+)
+
+
+def _size(path: object) -> int:
+    from pathlib import Path
+
+    return sum(p.stat().st_size for p in Path(str(path)).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@handle_errors
+def kept_cmd(
+    purge: Annotated[bool, typer.Option("--purge", help="Delete them (asks unless --yes).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List (or purge) the replaced databases that restore and recover kept."""
+    mgr = manager(db, store)
+    kept = mgr.kept()
+    if purge and kept and not yes:
+        typer.confirm(f"Delete {len(kept)} kept database(s)?", abort=True)
+    rows: list[dict[str, str | int]] = [{"path": str(p), "bytes": _size(p)} for p in kept]
+    if purge:
+        mgr.purge_kept()
+    if json_out:
+        print_json({"kept": rows, "purged": purge})
+        return
+    for r in rows:
+        typer.echo(f"{'purged' if purge else 'kept'} {r['path']} ({human_bytes(int(r['bytes']))})")
+    if not rows:
+        typer.echo("no kept databases")

@@ -1,0 +1,64 @@
+"""`chromasnap recover`: run before the client opens; restore if the database is broken."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .verify_cmd import PythonOpt, TimeoutOpt
+
+
+@handle_errors
+def recover_cmd(
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            "--rollback-interrupted/--keep-interrupted",
+            help="Roll back a guarded write whose process died (default) or keep its changes.",
+        ),
+    ] = True,
+    reset: Annotated[
+        bool,
+        typer.Option("--reset", help="If nothing verifies, move the database aside for a re-index."),
+    ] = False,
+    python: PythonOpt = None,
+    timeout: TimeoutOpt = 120.0,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Finish an interrupted swap, probe, and restore the newest snapshot that verifies if needed."""
+    res = manager(db, store).recover(
+        rollback_interrupted=rollback, reset=reset, python=python, timeout=timeout
+    )
+    if json_out:
+        print_json(
+            {
+                "action": res.action,
+                "snapshot": res.snapshot,
+                "reason": res.reason,
+                "kept_path": res.kept_path,
+            }
+        )
+    else:
+        if res.finished_swap:
+            typer.echo(res.finished_swap)
+        if res.action == "none":
+            typer.echo("healthy: nothing to do")
+        elif res.action == "restored":
+            typer.echo(
+                f"restored {res.snapshot and res.snapshot[:12]} because {res.reason}; "
+                f"the broken database is kept at {res.kept_path}"
+            )
+        elif res.action == "reset":
+            typer.echo(
+                f"reset: {res.reason}; the broken database is kept at {res.kept_path}; "
+                "the database path is empty, ready for a re-index"
+            )
+        else:
+            typer.echo(f"failed: {res.reason}", err=True)
+    if res.action == "failed":
+        raise typer.Exit(1)

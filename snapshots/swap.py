@@ -1,0 +1,239 @@
+"""Swapping a restored database into place, atomically or under a journal.
+
+A plain directory is exchanged with its staged replacement by renameat2(RENAME_EXCHANGE),
+so there is no instant at which the path is missing; where the kernel or filesystem
+cannot exchange, two renames run under a durable journal. A database that is a mount
+point (a Docker volume, a bind mount) cannot be renamed at all (EBUSY): its entries are
+moved instead, the old ones into a kept folder inside the mount, under the same journal.
+Every chromasnap command that touches a database first calls `finish_interrupted`,
+which completes or rolls back a swap a crash interrupted, deciding by inode numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fsutil
+
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+OWN_PREFIX = ".chromasnap-"
+"""Entries with this prefix inside a database folder are chromasnap's own (mount mode)."""
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Atomically swap two paths (Linux renameat2 with RENAME_EXCHANGE)."""
+    fn = getattr(_libc, "renameat2", None)
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(a))
+
+
+def _no_exchange() -> bool:
+    """Test seam: behave as on a kernel or filesystem without RENAME_EXCHANGE."""
+    return os.environ.get("CHROMASNAP_NO_EXCHANGE") == "1"
+
+
+def _crash_point(name: str) -> None:
+    """Test seam: die here by SIGKILL, as a crash would (CHROMASNAP_CRASH_AT=name)."""
+    if os.environ.get("CHROMASNAP_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _mountinfo_points() -> set[str]:
+    """Mount points from /proc/self/mountinfo (field 5, with octal escapes undone)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    points = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4:
+            points.add(fields[4].encode().decode("unicode_escape"))
+    return points
+
+
+def is_mount_point(db: Path) -> bool:
+    """The database folder is a mount point (a bind mount of the same filesystem too, which
+    os.path.ismount misses), or on another filesystem than its parent."""
+    if os.path.ismount(db) or os.stat(db).st_dev != os.stat(db.parent).st_dev:
+        return True
+    return os.path.realpath(db) in _mountinfo_points()
+
+
+def utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def journal_paths(db: Path) -> list[Path]:
+    """Where a swap journal for `db` may be: beside it, or inside it (mount mode)."""
+    return [db.parent / f".{db.name}.chromasnap-swap.json", db / f"{OWN_PREFIX}swap.json"]
+
+
+@dataclass
+class SwapResult:
+    mode: str  # "exchange", "two-renames", "entries", "fresh"
+    kept: Path | None
+
+
+def swap_in(db: Path, staging: Path, mount: bool) -> SwapResult:
+    """Put the complete, fsynced `staging` in place of `db`; keep what was there."""
+    if not db.exists():
+        os.rename(staging, db)
+        fsutil.fsync_dir(db.parent)
+        return SwapResult("fresh", None)
+    if mount:
+        return _swap_entries(db, staging)
+    kept = db.parent / f"{db.name}.replaced-{utc_stamp()}"
+    while kept.exists():
+        kept = kept.with_name(kept.name + "-1")
+    journal = journal_paths(db)[0]
+    record = {
+        "version": 1,
+        "kind": "dir",
+        "db": str(db),
+        "staging": str(staging),
+        "kept": str(kept),
+        "old_ino": os.lstat(db).st_ino,
+        "new_ino": os.lstat(staging).st_ino,
+    }
+    fsutil.atomic_write(journal, json.dumps(record).encode())
+    _crash_point("journal")
+    mode = "exchange"
+    try:
+        if _no_exchange():
+            raise OSError(errno.EINVAL, "RENAME_EXCHANGE disabled")
+        exchange(staging, db)  # the path is never missing
+        fsutil.fsync_dir(db.parent)
+        _crash_point("exchanged")
+        os.rename(staging, kept)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:  # a mount point we failed to detect: move entries
+            journal.unlink()
+            fsutil.fsync_dir(db.parent)
+            inner = db / f"{OWN_PREFIX}restore-{os.urandom(4).hex()}"
+            os.rename(staging, inner)  # fails with EXDEV on another filesystem: nothing lost
+            return _swap_entries(db, inner)
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        mode = "two-renames"
+        os.rename(db, kept)
+        fsutil.fsync_dir(db.parent)
+        _crash_point("first-rename")
+        os.rename(staging, db)
+    fsutil.fsync_dir(db.parent)
+    _crash_point("swapped")
+    journal.unlink()
+    fsutil.fsync_dir(db.parent)
+    return SwapResult(mode, kept)
+
+
+def _entries(folder: Path) -> dict[str, int]:
+    return {e.name: e.inode() for e in os.scandir(folder) if not e.name.startswith(OWN_PREFIX)}
+
+
+def _swap_entries(db: Path, staging: Path) -> SwapResult:
+    """Mount mode: move old entries into a kept folder inside the mount, new ones in."""
+    kept = db / f"{OWN_PREFIX}replaced-{utc_stamp()}"
+    while kept.exists():
+        kept = kept.with_name(kept.name + "-1")
+    journal = journal_paths(db)[1]
+    record = {
+        "version": 1,
+        "kind": "entries",
+        "db": str(db),
+        "staging": str(staging),
+        "kept": str(kept),
+        "old": _entries(db),
+        "new": _entries(staging),
+    }
+    fsutil.atomic_write(journal, json.dumps(record).encode())
+    _roll_entries_forward(record)
+    return SwapResult("entries", kept)
+
+
+def _roll_entries_forward(record: dict[str, object]) -> None:
+    """Idempotent: whatever was done, finish it."""
+    db, staging, kept = (Path(str(record[k])) for k in ("db", "staging", "kept"))
+    old: dict[str, int] = record["old"]  # type: ignore[assignment]
+    new: dict[str, int] = record["new"]  # type: ignore[assignment]
+    if not kept.exists():
+        os.mkdir(kept, 0o700)
+        fsutil.fsync_dir(db)
+    for name, ino in old.items():
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(db / name).st_ino == ino:
+                os.rename(db / name, kept / name)
+                _crash_point("entry-moved-out")
+    fsutil.fsync_dir(db)
+    fsutil.fsync_dir(kept)
+    for name in new:
+        if (staging / name).exists() or (staging / name).is_symlink():
+            os.rename(staging / name, db / name)
+    fsutil.fsync_dir(db)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(staging)
+    journal = journal_paths(db)[1]
+    journal.unlink(missing_ok=True)
+    fsutil.fsync_dir(db)
+
+
+def finish_interrupted(db: Path) -> str | None:
+    """Complete or roll back a swap that a crash interrupted; returns what was done."""
+    for journal in journal_paths(db):
+        try:
+            record = json.loads(journal.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            continue  # unreadable: never act on a journal we cannot trust
+        if record.get("kind") == "entries":
+            _roll_entries_forward(record)
+            return "completed an interrupted restore (mount mode)"
+        staging, kept = Path(record["staging"]), Path(record["kept"])
+        at_db = _ino(db)
+        if at_db == record["new_ino"]:  # the new database is in place: finish tidying
+            if _ino(staging) == record["old_ino"]:
+                os.rename(staging, kept)
+            action = "completed an interrupted restore"
+        elif at_db is None and _ino(kept) == record["old_ino"] and _ino(staging) == record["new_ino"]:
+            os.rename(staging, db)  # between the two renames
+            action = "completed an interrupted restore"
+        else:  # nothing was swapped yet: drop the staged copy
+            if _ino(staging) == record["new_ino"]:
+                shutil.rmtree(staging, ignore_errors=True)
+            action = "rolled back an interrupted restore"
+        fsutil.fsync_dir(db.parent)
+        journal.unlink(missing_ok=True)
+        fsutil.fsync_dir(db.parent)
+        return action
+    return None
+
+
+def _ino(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def kept_dirs(db: Path) -> list[Path]:
+    """Replaced databases kept by restore and recover, oldest first."""
+    out = sorted(db.parent.glob(f"{db.name}.replaced-*"))
+    if db.is_dir():
+        out += sorted(db.glob(f"{OWN_PREFIX}replaced-*"))
+    return [p for p in out if p.is_dir() and not p.is_symlink()]
