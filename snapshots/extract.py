@@ -26,23 +26,74 @@ from .repository import Repository
 Progress = Callable[[int], None]
 
 
+BATCH = 2 << 20
+"""Blobs are read in batches of about this many bytes per pool task (less overhead)."""
+
+
 def read_blobs(repo: Repository, pool: ThreadPoolExecutor, refs: Iterable[ChunkRef]) -> Iterator[bytes]:
-    """Blob contents in order, read and decompressed a few ahead on the pool."""
-    window: deque[Future[bytes]] = deque()
-    it = iter(refs)
-    for key, length in it:
-        window.append(pool.submit(_read_checked, repo, key, length))
-        if len(window) >= 8:
-            yield window.popleft().result()
+    """Blob contents in order, read, decompressed and checked a few batches ahead."""
+    window: deque[Future[list[bytes]]] = deque()
+    batch: list[ChunkRef] = []
+    size = 0
+    for ref in refs:
+        batch.append(ref)
+        size += ref[1]
+        if size >= BATCH:
+            window.append(pool.submit(_read_checked, repo, batch))
+            batch, size = [], 0
+            if len(window) >= 4:
+                yield from window.popleft().result()
+    if batch:
+        window.append(pool.submit(_read_checked, repo, batch))
     while window:
-        yield window.popleft().result()
+        yield from window.popleft().result()
 
 
-def _read_checked(repo: Repository, key: str, length: int) -> bytes:
-    data = repo.read_blob(key)
-    if len(data) != length:
-        raise StoreError(f"blob {key[:16]} has {len(data)} bytes, the chunk list says {length}")
-    return data
+def _read_checked(repo: Repository, refs: list[ChunkRef]) -> list[bytes]:
+    out = []
+    for key, length in refs:
+        data = repo.read_blob(key)
+        if len(data) != length:
+            raise StoreError(f"blob {key[:16]} has {len(data)} bytes, the chunk list says {length}")
+        out.append(data)
+    return out
+
+
+class _Sink:
+    """Buffers writes into large blocks and hashes the same blocks (fewer calls)."""
+
+    def __init__(self, fd: int, progress: Progress, size: int = 4 << 20) -> None:
+        self.fd, self.progress, self.size = fd, progress, size
+        self.h = blake3()
+        self.buf = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= self.size:
+            self.flush()
+
+    def hash_only(self, data: bytes) -> None:
+        self.flush()
+        self.h.update(data)
+
+    def seek(self, offset: int) -> None:
+        self.flush()
+        os.lseek(self.fd, offset, os.SEEK_SET)
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        self.h.update(self.buf)
+        view = memoryview(self.buf)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.progress(len(self.buf))
+        self.buf = bytearray()
+
+    def hexdigest(self) -> str:
+        self.flush()
+        return self.h.hexdigest()
 
 
 def safe_target(root: Path, rel: str) -> Path:
@@ -68,11 +119,15 @@ class Extractor:
     ) -> None:
         self.repo = repo
         self.durable = durable
+        self.pending: list[int] = []
         self.progress = progress or (lambda _n: None)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chromasnap-read")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for fd in self.pending:
+            os.close(fd)
+        self.pending.clear()
 
     def write_file(self, root: Path, entry: FileEntry) -> None:
         path = safe_target(root, entry.path)
@@ -88,38 +143,39 @@ class Extractor:
             os.ftruncate(fd, entry.size)
             if digest != entry.hash:
                 raise StoreError(f"{entry.path}: reassembled content does not match its hash")
+            os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             if self.durable:
-                os.fsync(fd)
+                fsutil.start_writeback(fd)  # the kernel writes while we extract the rest
+                self.pending.append(os.dup(fd))
         finally:
             os.close(fd)
-        os.chmod(path, entry.mode)
-        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
-    def _write(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        self.progress(len(data))
+    def sync_all(self) -> None:
+        """fsync every file written (their writeback started as each was finished)."""
+        while self.pending:
+            fd = self.pending.pop()
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _plain(self, fd: int, doc: PlainList, sparse: bool) -> str:
-        h = blake3()
+        sink = _Sink(fd, self.progress)
         for ext in doc.extents:
-            os.lseek(fd, ext.offset, os.SEEK_SET)
+            sink.seek(ext.offset)
             if sparse:
                 length = sum(n for _, n in ext.chunks)
-                h.update(ext.offset.to_bytes(8, "little") + length.to_bytes(8, "little"))
+                sink.hash_only(ext.offset.to_bytes(8, "little") + length.to_bytes(8, "little"))
             for data in read_blobs(self.repo, self.pool, ext.chunks):
-                h.update(data)
-                self._write(fd, data)
-        return h.hexdigest()
+                sink.add(data)
+        return sink.hexdigest()
 
     def _split(self, fd: int, doc: HnswSplitList) -> str:
-        h = blake3()
+        sink = _Sink(fd, self.progress)
         for block in join_streams(lambda refs: read_blobs(self.repo, self.pool, refs), doc):
-            h.update(block)
-            self._write(fd, block)
-        return h.hexdigest()
+            sink.add(block)
+        return sink.hexdigest()
 
 
 def join_streams(blobs: Callable[[list[ChunkRef]], Iterator[bytes]], doc: HnswSplitList) -> Iterator[bytes]:
@@ -178,6 +234,7 @@ def extract(
             os.mkdir(path, 0o700)
         for f in snap.files:
             ex.write_file(stage, f)
+        ex.sync_all()
         for d in sorted(snap.dirs, key=lambda d: d.path.count("/"), reverse=True):
             path = stage / d.path
             sync(path)
