@@ -291,6 +291,11 @@ def compare(report: ProbeReport, expected: WalState | None) -> list[str]:
             problems.append(
                 f"{ec.name}: chromadb counts {count}, the manifest {lo}" + (f"-{hi}" if hi > lo else "")
             )
+        if ec.hnsw_elements is not None and ec.hnsw_elements + ec.queue_rows < lo:
+            problems.append(
+                f"{ec.name}: the HNSW index ({ec.hnsw_elements}) and the queue ({ec.queue_rows}) "
+                f"together hold fewer vectors than the {lo} records"
+            )
         if ec.vector_lags and ec.lag_covered is False:
             problems.append(f"{ec.name}: records ahead of the vector segment are no longer queued")
     extra = set(found) - {c.name for c in expected.collections}
