@@ -9,11 +9,15 @@ from .extract_cmd import extract_cmd
 from .health_cmd import health_cmd
 from .kept_cmd import kept_cmd
 from .list_cmd import list_cmd
+from .pin_cmd import pin_cmd, unpin_cmd
+from .policy_cmd import policy_app
+from .prune_cmd import prune_cmd
 from .recover_cmd import recover_cmd
 from .restore_cmd import restore_cmd
 from .schema_cmd import schema_cmd
 from .show_cmd import show_cmd
 from .snapshot_cmd import snapshot_cmd
+from .stats_cmd import stats_cmd
 from .verify_cmd import verify_cmd
 
 app = typer.Typer(
@@ -33,6 +37,11 @@ app.command("health")(health_cmd)
 app.command("restore")(restore_cmd)
 app.command("recover")(recover_cmd)
 app.command("kept")(kept_cmd)
+app.command("prune")(prune_cmd)
+app.command("pin")(pin_cmd)
+app.command("unpin")(unpin_cmd)
+app.command("stats")(stats_cmd)
+app.add_typer(policy_app, name="policy")
 app.command("schema")(schema_cmd)
 app.command("demo")(demo_cmd)
 

@@ -23,7 +23,7 @@ def dumps(model: BaseModel) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
-MUTABLE = ("id", "verifications", "events")
+MUTABLE = ("id", "verifications", "events", "pinned")
 """Fields of a snapshot document that its id does not cover."""
 
 

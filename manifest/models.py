@@ -78,6 +78,9 @@ class RetentionPolicy(_Model):
     keep_yearly: int | None = None
     keep_within: str | None = None
     keep_tags: list[str] = Field(default_factory=list)
+    keep_replaced: str | None = Field(
+        None, description="replaced databases kept by restore: a count ('3') or a duration ('14d')"
+    )
     auto_prune: bool = False
 
 
@@ -245,7 +248,7 @@ class Event(_Model):
 
 class Snapshot(_Model):
     """One snapshot: `snapshots/<id>.json`. `id` is BLAKE3 over the record without
-    `id` and the mutable `verifications` and `events` (see `snapshot_id`)."""
+    `id` and the mutable `verifications`, `events` and `pinned` (see `snapshot_id`)."""
 
     format_version: int = FORMAT_VERSION
     id: Key
@@ -266,6 +269,7 @@ class Snapshot(_Model):
     wal: WalState
     verifications: list[Verification] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
+    pinned: bool = False
 
     @property
     def short_id(self) -> str:

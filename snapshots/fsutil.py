@@ -39,6 +39,14 @@ def start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
+def crash_point(name: str) -> None:
+    """Test seam: die here by SIGKILL, as a crash would, when CHROMASNAP_CRASH_AT=name."""
+    if os.environ.get("CHROMASNAP_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def make_private_dirs(path: Path) -> None:
     """Create `path` and missing parents with mode 0700, fsyncing each new entry's parent."""
     missing: list[Path] = []

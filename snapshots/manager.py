@@ -9,12 +9,14 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chromasnap.manifest import Snapshot, Totals, WalState, snapshot_id
+from pydantic import BaseModel
+
+from chromasnap.manifest import RetentionPolicy, Snapshot, Totals, WalState, snapshot_id
 
 from .backend import Backend, LocalBackend
 from .errors import ChromasnapError, LockTimeout, StoreError, UsageError
@@ -22,6 +24,7 @@ from .repository import Repository
 
 if TYPE_CHECKING:
     from .checker import HealthReport, ProbeReport, VerifyReport
+    from .gc import PruneResult
     from .restore import RecoverResult, RestoreResult
 
 Progress = Callable[[int], None]
@@ -508,6 +511,150 @@ class SnapshotManager:
 
         return held()
 
+    # --- retention ---------------------------------------------------------------------
+
+    def policy(self) -> RetentionPolicy:
+        """The store's retention rules."""
+        return self.repo.config.retention
+
+    def set_policy(self, policy: RetentionPolicy) -> RetentionPolicy:
+        """Replace the store's retention rules (validated; written atomically)."""
+        from chromasnap.manifest import dumps
+
+        from .retention import validate
+
+        validate(policy)
+        with self.backend.lock():
+            repo = self._repo = Repository.open(self.backend)
+            repo.config.retention = policy
+            self.backend.write("config.json", dumps(repo.config))
+        return policy
+
+    def pin(self, ref: str, pinned: bool = True) -> Snapshot:
+        """Pin a snapshot so that no retention rule removes it (or unpin it)."""
+        with self.backend.lock():
+            snap = self.get(ref)
+            snap.pinned = pinned
+            self.repo.save_snapshot(snap)
+        return snap
+
+    def prune(self, policy: RetentionPolicy | None = None, dry_run: bool = False) -> PruneResult:
+        """Remove the snapshots the rules (the store's, or `policy` for this run) do not
+        keep, then reclaim every byte no remaining snapshot references."""
+        from . import gc
+        from .guard import read_intents
+        from .retention import decide, has_rules, parse_replaced, validate
+
+        t0 = time.monotonic()
+        with self.backend.lock():
+            repo = self._repo = Repository.open(self.backend)
+            rules = policy or repo.config.retention
+            validate(rules)
+            if not has_rules(rules):
+                raise UsageError(
+                    "no retention rules: set them with `chromasnap policy set` or give --keep-* flags"
+                )
+            snaps, problems = repo.snapshots()
+            if problems:
+                raise StoreError(f"{problems[0]}; prune stopped before deleting anything")
+            protected = {i.snapshot: "write intent (safety)" for i in read_intents(self.backend)}
+            reasons = decide(snaps, rules, protected)
+            entries = [
+                gc.PruneEntry(
+                    id=s.id,
+                    created_at=s.created_at.isoformat(),
+                    reason=s.reason,
+                    tags=s.tags,
+                    keep=bool(reasons[s.id]),
+                    why=reasons[s.id] or ["no rule keeps it"],
+                )
+                for s in sorted(snaps, key=lambda s: (s.created_at, s.id))
+            ]
+            kept = [e for e in entries if e.keep]
+            removed = [e for e in entries if not e.keep]
+            if snaps and not kept:
+                raise UsageError("this policy would keep no snapshot at all; refused")
+            usage = gc.usage(repo, snaps)
+            result = gc.PruneResult(
+                kept=kept,
+                removed=removed,
+                dry_run=dry_run,
+                expected_bytes=gc.freed_by(usage, {e.id for e in removed}),
+            )
+            if not dry_run:
+                for e in removed:  # references first ...
+                    self.backend.remove(f"snapshots/{e.id}.json")
+                    from .fsutil import crash_point
+
+                    crash_point("prune-removed-one")
+                live = [s for s in snaps if reasons[s.id]]
+                # ... objects after
+                result.reclaimed_bytes, result.repacked_packs, result.deleted_packs = gc.gc(repo, live)
+            if rules.keep_replaced and self.db_path is not None:
+                result.purged_kept_dirs = self._prune_kept(parse_replaced(rules.keep_replaced), dry_run)
+        result.duration_s = time.monotonic() - t0
+        return result
+
+    def _prune_kept(self, rule: int | timedelta, dry_run: bool) -> builtins.list[str]:
+        import shutil
+
+        kept = self.kept()
+        if isinstance(rule, int):
+            drop = kept[: max(0, len(kept) - rule)]
+        else:
+            horizon = time.time() - rule.total_seconds()
+            drop = [p for p in kept if p.stat().st_mtime < horizon]
+        if not dry_run:
+            for p in drop:
+                shutil.rmtree(p)
+        return [str(p) for p in drop]
+
+    def stats(self) -> StoreStats:
+        """Store size, logical size, dedup ratio, and what removing each snapshot frees."""
+        from . import gc
+
+        snaps = self.list()
+        repo = self.repo
+        usage = gc.usage(repo, snaps)
+        files = {
+            n: self.backend.size(n) for d in ("packs", "index", "snapshots") for n in self.backend.list(d)
+        }
+        packs = sum(v for k, v in files.items() if k.startswith("packs/"))
+        logical = sum(s.totals.logical_bytes for s in snaps)
+        per = [
+            SnapshotStats(
+                id=s.id,
+                created_at=s.created_at.isoformat(),
+                logical_bytes=s.totals.logical_bytes,
+                unique_bytes=gc.freed_by(usage, {s.id}),
+            )
+            for s in snaps
+        ]
+        return StoreStats(
+            store_bytes=sum(files.values()) + self.backend.size("config.json"),
+            pack_bytes=packs,
+            referenced_bytes=sum(usage.stored.values()),
+            logical_bytes=logical,
+            dedup_ratio=(logical / packs) if packs else 0.0,
+            snapshots=per,
+        )
+
+
+class SnapshotStats(BaseModel):
+    id: str
+    created_at: str
+    logical_bytes: int
+    unique_bytes: int
+
+
+class StoreStats(BaseModel):
+    store_bytes: int
+    pack_bytes: int
+    referenced_bytes: int
+    logical_bytes: int
+    dedup_ratio: float
+    snapshots: builtins.list[SnapshotStats]
+
 
 class WriteGuard(contextlib.ContextDecorator):
     """The context manager and decorator returned by `SnapshotManager.before_write`."""
@@ -531,6 +678,12 @@ class WriteGuard(contextlib.ContextDecorator):
                 reason="pre-write", tags=self.tags, note=self.note or self.reason or None
             )
             self._intent = write_intent(self.mgr.backend, self.snapshot.id, self.reason)
+            rules = self.mgr.repo.config.retention
+            if rules.auto_prune:
+                from .retention import has_rules
+
+                if has_rules(rules):
+                    self.mgr.prune()
         except BaseException:
             stack.close()
             raise

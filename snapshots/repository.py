@@ -93,6 +93,13 @@ class Repository:
                 pass
             self._index_files.add(name)
 
+    def index_files(self) -> list[str]:
+        return self.backend.list("index")
+
+    def reset_index(self) -> None:
+        """Forget the cached index (after gc rewrote it)."""
+        self._index = None
+
     def has_blob(self, key: str) -> bool:
         return key in self.index()
 
@@ -173,8 +180,8 @@ class Repository:
 
     # --- writing ------------------------------------------------------------------
 
-    def writer(self, workers: int | None = None) -> BlobWriter:
-        return BlobWriter(self, workers)
+    def writer(self, workers: int | None = None, dedup: bool = True) -> BlobWriter:
+        return BlobWriter(self, workers, dedup)
 
 
 class BlobWriter:
@@ -185,11 +192,12 @@ class BlobWriter:
     packs. Until `commit` returns, nothing written is referenced by anything.
     """
 
-    def __init__(self, repo: Repository, workers: int | None = None) -> None:
+    def __init__(self, repo: Repository, workers: int | None = None, dedup: bool = True) -> None:
         self.repo = repo
         self.level = repo.config.compression.level
         self.pack_size = repo.config.pack_size
-        self.known = repo.index()
+        # gc's repacking writes blobs the index already knows (in packs it will delete)
+        self.known: dict[str, BlobLocation] = repo.index() if dedup else {}
         self.scratch = repo.backend.scratch_dir()
         self._lock = threading.Lock()
         self._pending: set[str] = set()
@@ -263,8 +271,9 @@ class BlobWriter:
     def add_sync(self, data: bytes, blob_type: str = "data") -> str:
         return self.add([data], blob_type).result()[0]
 
-    def commit(self) -> None:
-        """Finish the last pack and durably record every new blob in one index file."""
+    def commit(self, write_index: bool = True) -> list[dict[str, Any]]:
+        """Finish the last pack and durably record every new blob in one index file
+        (gc writes its own consolidated index instead); returns the new packs."""
         self._pool.shutdown(wait=True)
         with self._lock:
             last, self._pack = self._pack, None
@@ -273,14 +282,16 @@ class BlobWriter:
         self._committer.shutdown(wait=True)
         for fut, _pack in self._commits:
             fut.result()  # a failed pack fails the snapshot before anything refers to it
-        if self._packs:
+        packs = list(self._packs)
+        if self._packs and write_index:
             doc = json.dumps({"version": INDEX_VERSION, "packs": self._packs}, separators=(",", ":"))
             raw = doc.encode()
             self.repo.backend.write(f"index/{blake3(raw).hexdigest()}.json", raw)
             for pack in self._packs:
                 for key, btype, off, length, rawlen in pack["blobs"]:
                     self.known[key] = BlobLocation(pack["id"], btype, off, length, rawlen)
-            self._packs = []
+        self._packs = []
+        return packs
 
     def abort(self) -> None:
         """Drop the pack being written; packs already committed stay as garbage for gc."""

@@ -1,0 +1,117 @@
+"""`chromasnap policy show|set`: the store's retention rules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+
+policy_app = typer.Typer(help="Show or set the store's retention rules.", no_args_is_help=True)
+
+KeepLast = Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest snapshots.")]
+KeepHourly = Annotated[int | None, typer.Option("--keep-hourly", help="Newest of each of the last N hours.")]
+KeepDaily = Annotated[int | None, typer.Option("--keep-daily", help="Newest of each of the last N days.")]
+KeepWeekly = Annotated[int | None, typer.Option("--keep-weekly", help="Newest of each of the last N weeks.")]
+KeepMonthly = Annotated[
+    int | None, typer.Option("--keep-monthly", help="Newest of each of the last N months.")
+]
+KeepYearly = Annotated[int | None, typer.Option("--keep-yearly", help="Newest of each of the last N years.")]
+KeepWithin = Annotated[
+    str | None, typer.Option("--keep-within", help="Everything within e.g. 7d12h of the newest.")
+]
+KeepTag = Annotated[
+    list[str] | None, typer.Option("--keep-tag", help="Snapshots with this tag (repeatable).")
+]
+KeepReplaced = Annotated[
+    str | None,
+    typer.Option("--keep-replaced", help="Replaced databases to keep: a count (3) or a duration (14d)."),
+]
+
+
+def rules_from(
+    keep_last: int | None,
+    keep_hourly: int | None,
+    keep_daily: int | None,
+    keep_weekly: int | None,
+    keep_monthly: int | None,
+    keep_yearly: int | None,
+    keep_within: str | None,
+    keep_tag: list[str] | None,
+    keep_replaced: str | None,
+) -> dict[str, object]:
+    """The flags that were given, as policy fields."""
+    given = {
+        "keep_last": keep_last,
+        "keep_hourly": keep_hourly,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+        "keep_yearly": keep_yearly,
+        "keep_within": keep_within,
+        "keep_tags": keep_tag,
+        "keep_replaced": keep_replaced,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@policy_app.command("show")
+@handle_errors
+def show_cmd(
+    db: DbOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
+) -> None:
+    """Print the retention rules."""
+    p = manager(db, store).policy()
+    if json_out:
+        print_json(p.model_dump())
+        return
+    for k, v in p.model_dump().items():
+        typer.echo(f"{k:14} {'-' if v in (None, []) else v}")
+
+
+@policy_app.command("set")
+@handle_errors
+def set_cmd(
+    keep_last: KeepLast = None,
+    keep_hourly: KeepHourly = None,
+    keep_daily: KeepDaily = None,
+    keep_weekly: KeepWeekly = None,
+    keep_monthly: KeepMonthly = None,
+    keep_yearly: KeepYearly = None,
+    keep_within: KeepWithin = None,
+    keep_tag: KeepTag = None,
+    keep_replaced: KeepReplaced = None,
+    auto_prune: Annotated[
+        bool | None,
+        typer.Option("--auto-prune/--no-auto-prune", help="Prune after each before_write snapshot."),
+    ] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Clear every rule first.")] = False,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Change the retention rules (flags not given stay as they are, unless --reset)."""
+    from chromasnap.manifest import RetentionPolicy
+
+    mgr = manager(db, store)
+    base = RetentionPolicy() if reset else mgr.policy()
+    update = rules_from(
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        keep_within,
+        keep_tag,
+        keep_replaced,
+    )
+    if auto_prune is not None:
+        update["auto_prune"] = auto_prune
+    p = mgr.set_policy(RetentionPolicy.model_validate({**base.model_dump(), **update}))
+    if json_out:
+        print_json(p.model_dump())
+    else:
+        typer.echo("retention rules saved: " + ", ".join(f"{k}={v}" for k, v in p.model_dump().items() if v))

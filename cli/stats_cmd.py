@@ -1,0 +1,23 @@
+"""`chromasnap stats`: what the store holds and what each snapshot costs."""
+
+from __future__ import annotations
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+
+
+@handle_errors
+def stats_cmd(
+    db: DbOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
+) -> None:
+    """Store size on disk, logical size of all snapshots, dedup ratio, bytes only each holds."""
+    st = manager(db, store).stats()
+    if json_out:
+        print_json(st.model_dump())
+        return
+    typer.echo(f"store on disk      {human_bytes(st.store_bytes)} (packs {human_bytes(st.pack_bytes)})")
+    typer.echo(f"logical snapshots  {human_bytes(st.logical_bytes)} in {len(st.snapshots)} snapshots")
+    typer.echo(f"dedup ratio        {st.dedup_ratio:.1f}x")
+    for s in st.snapshots:
+        typer.echo(f"  {s.id[:12]} {s.created_at[:19]} frees {human_bytes(s.unique_bytes)} if removed")
