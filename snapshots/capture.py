@@ -9,15 +9,17 @@ already holds; the reverse order could pair old HNSW files with a purged queue.
 from __future__ import annotations
 
 import errno
+import json
 import os
-import shutil
-import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from blake3 import blake3
 
@@ -37,12 +39,7 @@ from chromasnap.manifest import (
 from . import hnsw
 from .errors import CaptureError
 from .repository import BlobWriter, Repository
-from .sqlite_state import (
-    apply_hnsw,
-    journal_mode_from_header,
-    read_wal_state,
-    read_wal_state_file,
-)
+from .sqlite_state import apply_hnsw, read_wal_state_file
 
 SQLITE_NAME = "chroma.sqlite3"
 OWN_PREFIX = ".chromasnap-"
@@ -54,6 +51,7 @@ RACY_NS = 2_000_000_000
 mtime tick, so it is read again instead of trusted (git's "racily clean" rule)."""
 
 Progress = Callable[[int], None]
+LIVE_JOURNAL_ACTION = "journal of a transaction in progress; its changes are not captured"
 HOT_JOURNAL_ACTION = "hot journal rolled back in a private copy; live files untouched"
 
 
@@ -310,123 +308,72 @@ class Capturer:
     def read_sqlite(self, root: Path, scratch: Path, side: list[str]) -> tuple[FileEntry, WalState]:
         """Capture chroma.sqlite3 and the WAL state it holds, consistently.
 
-        Rollback-journal mode: read the live file directly while a read transaction holds
-        SQLite's SHARED lock (no writer can change it meanwhile; Chroma's writers wait),
-        and read the WAL state in the same transaction. Hot journal or WAL mode: make a
-        private consistent copy first and capture that.
+        A child process (sqlite_copy.py) copies the file privately under SQLite's read
+        lock (or with the backup API in WAL mode, or rolling a hot journal back in a
+        private copy); this process then chunks the copy and reads the WAL state from it.
+        The live file is never opened here: see sqlite_copy.py for why.
         """
         live = root / SQLITE_NAME
-        with live.open("rb") as fh:
-            mode = journal_mode_from_header(fh.read(100))
-        journal = root / SQLITE_SIDE_FILES[0]
-        if mode == "delete":
-            try:
-                entry, wal = self._read_under_lock(live)
-            except sqlite3.OperationalError as exc:
-                if not (journal.exists() and "readonly" in str(exc).lower()):
-                    raise CaptureError(f"cannot read {live} with SQLite: {exc}") from None
-                entry, wal = self._read_private_copy(live, scratch, hot=True)
-                wal.hot_journal = True
-                wal.journal_action = HOT_JOURNAL_ACTION
-        else:
-            entry, wal = self._read_private_copy(live, scratch, hot=False)
-            entry.captured_by = "sqlite-backup-api"
-        wal.journal_mode = mode  # of the live file (a private copy is always 'delete')
-        wal.leftover_files = sorted(side)
-        if journal.exists() and not wal.hot_journal:
-            wal.journal_action = "journal of a transaction in progress; its changes are not captured"
-        return entry, wal
-
-    def _read_under_lock(self, live: Path) -> tuple[FileEntry, WalState]:
-        db = sqlite3.connect(f"file:{live}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        try:
-            db.execute("BEGIN")
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes SHARED
-            fd = os.open(live, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                st = os.fstat(fd)
-                doc, digest, kind = self._plain(fd, st.st_size, self.chunking.sqlite)
-                counter = int.from_bytes(os.pread(fd, 4, 24), "big")
-                after = os.fstat(fd)
-            finally:
-                os.close(fd)
-            if not _same(st, after):
-                raise CaptureError(f"{live} changed while SQLite's read lock was held")
-            wal = read_wal_state(db, "delete")
-            db.execute("COMMIT")
-        finally:
-            db.close()
-        wal.change_counter = counter
-        entry = self._entry(SQLITE_NAME, st, doc, digest, kind)
-        entry.captured_by = "sqlite-shared-lock"
-        return entry, wal
-
-    def _read_private_copy(self, live: Path, scratch: Path, hot: bool) -> tuple[FileEntry, WalState]:
         copy = scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}"
         try:
-            if hot:
-                self._rollback_privately(live, copy, scratch)
-            else:
-                self._backup(live, copy)
-            st = os.lstat(live)
+            info = copy_sqlite(live, copy)
             fd = os.open(copy, os.O_RDONLY)
             try:
                 doc, digest, kind = self._plain(fd, os.fstat(fd).st_size, self.chunking.sqlite)
-                counter = int.from_bytes(os.pread(fd, 4, 24), "big")
             finally:
                 os.close(fd)
             wal = read_wal_state_file(copy)
         finally:
             copy.unlink(missing_ok=True)
-        wal.change_counter = counter
-        entry = self._entry(SQLITE_NAME, st, doc, digest, kind)
-        entry.size = doc.size
-        entry.captured_by = "sqlite-shared-lock"
+        st = info["stat"]
+        wal.journal_mode = str(info["journal_mode"])
+        wal.change_counter = int(info["change_counter"])
+        wal.leftover_files = sorted(side)
+        if info["hot_journal"]:
+            wal.hot_journal = True
+            wal.journal_action = HOT_JOURNAL_ACTION
+        elif info["journal_present"]:
+            wal.journal_action = LIVE_JOURNAL_ACTION
+        entry = FileEntry(
+            path=SQLITE_NAME,
+            size=doc.size,
+            data_bytes=doc.size,
+            mode=int(st["mode"]),
+            mtime_ns=int(st["mtime_ns"]),
+            ctime_ns=int(st["ctime_ns"]),
+            inode=int(st["ino"]),
+            hash=digest,
+            hash_kind="extents" if kind == "extents" else "content",
+            layout="plain",
+            chunk_list=self.writer.add_sync(dumps(ChunkListDoc(list=doc)), "list"),
+            captured_by=info["how"],
+        )
         return entry, wal
 
-    @staticmethod
-    def _backup(live: Path, copy: Path) -> None:
-        """WAL mode: SQLite's online backup API reads a consistent view of db + wal."""
-        try:
-            src = sqlite3.connect(f"file:{live}?mode=ro", uri=True, timeout=30)
-            src.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.OperationalError:
-            src = sqlite3.connect(str(live), timeout=30)
-        try:
-            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-            dst = sqlite3.connect(str(copy))
-            try:
-                src.backup(dst)
-                dst.execute("PRAGMA journal_mode=DELETE")
-            finally:
-                dst.close()
-        except sqlite3.Error as exc:
-            copy.unlink(missing_ok=True)
-            raise CaptureError(f"cannot back up {live}: {exc}") from None
-        finally:
-            src.close()
 
-    @staticmethod
-    def _rollback_privately(live: Path, copy: Path, scratch: Path) -> None:
-        """Let SQLite roll a hot journal back in a private copy of the db and its journal."""
-        work = scratch / f"hot-{os.getpid()}-{os.urandom(4).hex()}"
-        os.mkdir(work, 0o700)
-        try:
-            # Journal first: if a process rolls back meanwhile, replaying the saved original
-            # pages onto the rolled-back file gives the same result.
-            shutil.copyfile(live.with_name(SQLITE_SIDE_FILES[0]), work / SQLITE_SIDE_FILES[0])
-            shutil.copyfile(live, work / SQLITE_NAME)
-            db = sqlite3.connect(str(work / SQLITE_NAME))
-            try:
-                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            finally:
-                db.close()
-            os.rename(work / SQLITE_NAME, copy)
-        except sqlite3.Error as exc:
-            raise CaptureError(f"cannot roll back the hot journal of {live}: {exc}") from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+def copy_sqlite(live: Path, dest: Path, timeout: float = 300) -> dict[str, Any]:
+    """Run sqlite_copy.py in a child process; returns what it reported."""
+    from . import sqlite_copy
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, sqlite_copy.__file__, str(live), str(dest)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        dest.unlink(missing_ok=True)
+        raise CaptureError(f"could not read {live} within {timeout:g} s (a writer held it locked)") from None
+    try:
+        info: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        raise CaptureError(f"cannot copy {live}: {tail[0]}") from None
+    if "error" in info:
+        raise CaptureError(f"cannot read {live} with SQLite: {info['error']}")
+    return info
 
 
 def capture(
@@ -464,14 +411,11 @@ def capture(
 
     # 1. chroma.sqlite3
     sq_old = reusable(SQLITE_NAME, stats[SQLITE_NAME])
-    with (root / SQLITE_NAME).open("rb") as fh:
-        counter = int.from_bytes(fh.read(100)[24:28], "big")
     if (
         sq_old is not None
         and parent is not None
         and not found.side_files
         and parent.wal.journal_mode == "delete"
-        and parent.wal.change_counter == counter
     ):
         files[SQLITE_NAME] = sq_old
         wal = parent.wal.model_copy(deep=True)

@@ -12,14 +12,12 @@ import contextlib
 import errno
 import fcntl
 import os
-import sqlite3
 import stat
 import time
 from pathlib import Path
 
-from .capture import RETRIES, SQLITE_NAME, SQLITE_SIDE_FILES, Capturer, _same, data_extents, scan
+from .capture import RETRIES, SQLITE_NAME, _same, copy_sqlite, data_extents, scan
 from .errors import CaptureError
-from .sqlite_state import journal_mode_from_header
 
 FICLONE = 0x40049409
 
@@ -59,30 +57,10 @@ def copy_file(src: Path, dst: Path) -> os.stat_result:
 
 
 def _copy_sqlite(src: Path, dst: Path) -> str:
-    live, out = src / SQLITE_NAME, dst / SQLITE_NAME
-    with live.open("rb") as fh:
-        mode = journal_mode_from_header(fh.read(100))
-    if mode == "wal":
-        Capturer._backup(live, out)
-        return "backup-api"
-    try:
-        db = sqlite3.connect(f"file:{live}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        try:
-            db.execute("BEGIN")
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SHARED: writers wait
-            copy_file(live, out)
-            db.execute("COMMIT")
-        finally:
-            db.close()
-        return "read-lock"
-    except sqlite3.OperationalError as exc:
-        journal = src / SQLITE_SIDE_FILES[0]
-        if not (journal.exists() and "readonly" in str(exc).lower()):
-            raise CaptureError(f"cannot read {live} with SQLite: {exc}") from None
-        # A hot journal: copy it first, then the file, and let the probe roll it back.
-        copy_file(journal, dst / SQLITE_SIDE_FILES[0])
-        copy_file(live, out)
-        return "hot-journal"
+    """chroma.sqlite3, copied by a child process under SQLite's read lock (see
+    sqlite_copy.py: the live file is never opened in this process)."""
+    info = copy_sqlite(src / SQLITE_NAME, dst / SQLITE_NAME)
+    return str(info["how"])
 
 
 def copy_database(src: Path, dst: Path) -> None:

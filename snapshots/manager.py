@@ -388,7 +388,9 @@ class SnapshotManager:
                 work = Path(tempfile.mkdtemp(prefix=".chromasnap-health-", dir=parent))
                 target = work / "db"
                 copy_database(db_path, target)
-            expected = self._expected_state(target, read_wal_state_file, apply_hnsw)
+            # in place, the live chroma.sqlite3 is never opened in this process (see
+            # sqlite_copy.py), so there is no recorded state to compare with
+            expected = None if in_place else self._expected_state(target, read_wal_state_file, apply_hnsw)
             probe = checker.run_probe(target, expected, python, timeout or checker.DEFAULT_TIMEOUT)
         finally:
             if work is not None:

@@ -275,3 +275,28 @@ def test_database_written_by_chromadb_1_0_20(old_python: str, tmp_path: Path) ->
     assert {c.name: c.records for c in snap.wal.collections} == {"coll0": 1500, "coll1": 200}
     roundtrip(mgr, snap.id, expected, tmp_path / "out")
     assert counts(tmp_path / "out", python=old_python) == {"coll0": 1500, "coll1": 200}
+
+
+LOCK_HOLDER = """
+import sqlite3, subprocess, sys
+from chromasnap.snapshots import SnapshotManager
+db = sys.argv[1]
+con = sqlite3.connect(db + "/chroma.sqlite3", isolation_level=None)
+con.execute("BEGIN IMMEDIATE")  # this process holds SQLite's RESERVED lock, as a writing client would
+mgr = SnapshotManager(db)
+mgr.snapshot()
+mgr.health()
+probe = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0); c.execute('BEGIN IMMEDIATE')"
+other = subprocess.run([sys.executable, "-c", probe, db + "/chroma.sqlite3"], capture_output=True, text=True)
+print("still locked" if "locked" in other.stderr else "LOCK LOST")
+"""
+
+
+def test_snapshot_and_health_never_drop_a_lock_held_in_the_same_process(db: Path) -> None:
+    """SQLite's POSIX locks die with any close() of the file in the holding process: an
+    application with a Chroma client open calls before_write in that same process."""
+    r = subprocess.run(
+        [sys.executable, "-c", LOCK_HOLDER, str(db)], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "still locked"
