@@ -305,18 +305,10 @@ class Capturer:
 
     # --- chroma.sqlite3 ---------------------------------------------------------------
 
-    def read_sqlite(self, root: Path, scratch: Path, side: list[str]) -> tuple[FileEntry, WalState]:
-        """Capture chroma.sqlite3 and the WAL state it holds, consistently.
-
-        A child process (sqlite_copy.py) copies the file privately under SQLite's read
-        lock (or with the backup API in WAL mode, or rolling a hot journal back in a
-        private copy); this process then chunks the copy and reads the WAL state from it.
-        The live file is never opened here: see sqlite_copy.py for why.
-        """
-        live = root / SQLITE_NAME
-        copy = scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}"
+    def read_sqlite(self, copy: Path, info: dict[str, Any], side: list[str]) -> tuple[FileEntry, WalState]:
+        """Chunk the private copy of chroma.sqlite3 that a SqliteCopy child made, and read
+        the WAL state from it, so the manifest describes exactly the captured bytes."""
         try:
-            info = copy_sqlite(live, copy)
             fd = os.open(copy, os.O_RDONLY)
             try:
                 doc, digest, kind = self._plain(fd, os.fstat(fd).st_size, self.chunking.sqlite)
@@ -351,29 +343,63 @@ class Capturer:
         return entry, wal
 
 
-def copy_sqlite(live: Path, dest: Path, timeout: float = 300) -> dict[str, Any]:
-    """Run sqlite_copy.py in a child process; returns what it reported."""
-    from . import sqlite_copy
+class SqliteCopy:
+    """A child process (sqlite_copy.py) copying a live chroma.sqlite3 under SQLite's read
+    lock. The live file is never opened in this process: see sqlite_copy.py for why.
 
-    try:
-        proc = subprocess.run(
+    `start()` returns once the child holds the lock (the captured state is then fixed),
+    so the caller can read the segment folders while the child copies; `finish()` waits.
+    """
+
+    def __init__(self, live: Path, dest: Path, timeout: float = 300) -> None:
+        from . import sqlite_copy
+
+        self.live, self.dest, self.timeout = live, dest, timeout
+        self.proc = subprocess.Popen(
             [sys.executable, sqlite_copy.__file__, str(live), str(dest)],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            check=False,
         )
-    except subprocess.TimeoutExpired:
-        dest.unlink(missing_ok=True)
-        raise CaptureError(f"could not read {live} within {timeout:g} s (a writer held it locked)") from None
-    try:
-        info: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-        raise CaptureError(f"cannot copy {live}: {tail[0]}") from None
-    if "error" in info:
-        raise CaptureError(f"cannot read {live} with SQLite: {info['error']}")
-    return info
+
+    def start(self) -> SqliteCopy:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "LOCKED", or the error report if it failed
+        if line.strip() != "LOCKED":
+            self._fail(line)
+        return self
+
+    def finish(self) -> dict[str, Any]:
+        try:
+            out, err = self.proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s") from None
+        lines = out.strip().splitlines()
+        if self.proc.returncode != 0 or not lines:
+            self._fail(lines[-1] if lines else "", err)
+        info: dict[str, Any] = json.loads(lines[-1])
+        return info
+
+    def _fail(self, line: str, err: str = "") -> None:
+        self.kill()
+        try:
+            msg = json.loads(line)["error"]
+        except (ValueError, KeyError, TypeError):
+            tail = (err or (self.proc.stderr.read() if self.proc.stderr else "")).strip().splitlines()
+            msg = tail[-1] if tail else f"exit {self.proc.returncode}"
+        raise CaptureError(f"cannot read {self.live} with SQLite: {msg}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.dest.unlink(missing_ok=True)
+
+
+def copy_sqlite(live: Path, dest: Path, timeout: float = 300) -> dict[str, Any]:
+    """Copy a live chroma.sqlite3 to `dest` from a child process; returns its report."""
+    return SqliteCopy(live, dest, timeout).start().finish()
 
 
 def capture(
@@ -410,6 +436,8 @@ def capture(
         raise CaptureError(f"{root} has no {SQLITE_NAME}")
 
     # 1. chroma.sqlite3
+    sq_copy: SqliteCopy | None = None
+    wal: WalState
     sq_old = reusable(SQLITE_NAME, stats[SQLITE_NAME])
     if (
         sq_old is not None
@@ -421,22 +449,32 @@ def capture(
         wal = parent.wal.model_copy(deep=True)
         reused += 1
     else:
-        files[SQLITE_NAME], wal = cap.read_sqlite(root, scratch, found.side_files)
+        sq_copy = SqliteCopy(root / SQLITE_NAME, scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}")
+        sq_copy.start()  # the SQLite state is fixed from here: folders read next are newer
 
-    # 2. every other file, one folder at a time, consistent within the folder
+    # 2. every other file, one folder at a time, consistent within the folder, while the
+    #    child copies chroma.sqlite3
     hnsw_info: dict[str, tuple[int | None, bool]] = {}
     by_dir: dict[str, list[tuple[str, os.stat_result]]] = {}
     for rel, st in found.files:
         if rel != SQLITE_NAME:
             by_dir.setdefault(rel.rsplit("/", 1)[0] if "/" in rel else "", []).append((rel, st))
-    for folder, members in sorted(by_dir.items()):
-        entries, elements = _capture_folder(cap, root, folder, members, reusable)
-        reused += sum(1 for e in entries if e.captured_by == "parent")
-        for e in entries:
-            files[e.path] = e
-        if folder:
-            names = {m[0].rsplit("/", 1)[-1] for m in members}
-            hnsw_info[folder] = (elements, "index_metadata.pickle" in names)
+    try:
+        for folder, members in sorted(by_dir.items()):
+            entries, elements = _capture_folder(cap, root, folder, members, reusable)
+            reused += sum(1 for e in entries if e.captured_by == "parent")
+            for e in entries:
+                files[e.path] = e
+            if folder:
+                names = {m[0].rsplit("/", 1)[-1] for m in members}
+                hnsw_info[folder] = (elements, "index_metadata.pickle" in names)
+        if sq_copy is not None:
+            info = sq_copy.finish()
+            files[SQLITE_NAME], wal = cap.read_sqlite(sq_copy.dest, info, found.side_files)
+    except BaseException:
+        if sq_copy is not None:
+            sq_copy.kill()
+        raise
 
     # 3. the HNSW side of the WAL state, from the headers just read
     apply_hnsw(wal, hnsw_info)

@@ -41,6 +41,16 @@ def _stat(path: Path) -> dict[str, int]:
     }
 
 
+def _locked() -> None:
+    """Tell the parent the database state is now fixed: it may read the other files
+    while this process copies (anything it reads is newer than this state)."""
+    sys.stdout.write(LOCKED + "\n")
+    sys.stdout.flush()
+
+
+LOCKED = "LOCKED"
+
+
 def copy(live: Path, dest: Path) -> dict[str, object]:
     header = _header(live)
     wal = len(header) >= 20 and header[:16] == b"SQLite format 3\x00" and header[18] == 2
@@ -53,6 +63,7 @@ def copy(live: Path, dest: Path) -> dict[str, object]:
         except sqlite3.OperationalError:
             src = sqlite3.connect(str(live), timeout=60)
         out["stat"] = _stat(live)
+        _locked()
         dst = sqlite3.connect(str(dest))
         try:
             src.backup(dst)
@@ -67,14 +78,15 @@ def copy(live: Path, dest: Path) -> dict[str, object]:
             db.execute("BEGIN")
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SHARED: writers wait
             out["stat"] = _stat(live)
-            with live.open("rb") as fin, dest.open("wb") as fout:
-                shutil.copyfileobj(fin, fout, 4 << 20)
+            _locked()
+            shutil.copyfile(live, dest)  # sendfile: the kernel copies
             db.execute("COMMIT")
             out["how"] = "sqlite-shared-lock"
         except sqlite3.OperationalError as exc:
             if not (journal.exists() and "readonly" in str(exc).lower()):
                 raise
             out["stat"] = _stat(live)
+            _locked()
             work = dest.with_name(dest.name + ".hot")
             work.mkdir(mode=0o700)
             try:
