@@ -83,6 +83,19 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def dir_bytes(path: Path) -> int:
+    """Apparent size of the regular files under `path`, never following a symlink."""
+    import os
+    import stat
+
+    total = 0
+    for top, _dirs, files in os.walk(path):
+        for f in files:
+            st = os.lstat(os.path.join(top, f))
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":

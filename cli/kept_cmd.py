@@ -11,17 +11,12 @@ from .common import (
     DebugOpt,
     JsonOpt,
     StoreOpt,
+    dir_bytes,
     handle_errors,
     human_bytes,
     manager,
     print_json,
 )
-
-
-def _size(path: object) -> int:
-    from pathlib import Path
-
-    return sum(p.stat().st_size for p in Path(str(path)).rglob("*") if p.is_file() and not p.is_symlink())
 
 
 @handle_errors
@@ -38,7 +33,7 @@ def kept_cmd(
     kept = mgr.kept()
     if purge and kept and not yes:
         typer.confirm(f"Delete {len(kept)} kept database(s)?", abort=True)
-    rows: list[dict[str, str | int]] = [{"path": str(p), "bytes": _size(p)} for p in kept]
+    rows: list[dict[str, str | int]] = [{"path": str(p), "bytes": dir_bytes(p)} for p in kept]
     if purge:
         mgr.purge_kept()
     if json_out:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from typing import Annotated
 
 import typer
@@ -13,6 +11,7 @@ from .common import (
     DebugOpt,
     JsonOpt,
     StoreOpt,
+    dir_bytes,
     handle_errors,
     human_bytes,
     manager,
@@ -33,13 +32,7 @@ def snapshot_cmd(
 ) -> None:
     """Take a snapshot of the database (unchanged files are not read again)."""
     mgr = manager(db, store)
-    total = None
-    if mgr.db_path is not None and mgr.db_path.is_dir():
-        total = 0
-        for top, _dirs, files in os.walk(mgr.db_path):  # does not follow symlinks
-            for f in files:
-                st = os.lstat(os.path.join(top, f))
-                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    total = dir_bytes(mgr.db_path) if mgr.db_path is not None and mgr.db_path.is_dir() else None
     with progress_bar("snapshot", total, not json_out) as prog:
         snap = mgr.snapshot(reason=reason, tags=tag or [], note=note, progress=prog)
     if json_out:
