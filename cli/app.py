@@ -47,4 +47,19 @@ app.command("demo")(demo_cmd)
 
 
 def main() -> None:
-    app()
+    """Run the CLI; usage errors too are one line (exit 2), as every other error."""
+    import sys
+
+    try:
+        rv = app(standalone_mode=False)
+    except Exception as exc:
+        # typer carries its own copy of click: recognise its exceptions by their shape
+        fmt, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if type(exc).__name__ == "Abort":
+            typer.echo("chromasnap: aborted", err=True)
+            sys.exit(1)
+        if callable(fmt) and isinstance(code, int):
+            typer.echo(f"chromasnap: {fmt()}".replace("\n", " "), err=True)
+            sys.exit(code)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)

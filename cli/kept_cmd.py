@@ -32,6 +32,12 @@ def kept_cmd(
     mgr = manager(db, store)
     kept = mgr.kept()
     if purge and kept and not yes:
+        import sys
+
+        if not sys.stdin.isatty():
+            from chromasnap.snapshots import UsageError
+
+            raise UsageError("kept --purge deletes databases: confirm with --yes")
         typer.confirm(f"Delete {len(kept)} kept database(s)?", abort=True)
     rows: list[dict[str, str | int]] = [{"path": str(p), "bytes": dir_bytes(p)} for p in kept]
     if purge:

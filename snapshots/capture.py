@@ -370,8 +370,13 @@ class SqliteCopy:
         return self
 
     def finish(self) -> dict[str, Any]:
+        # read through the same buffered pipe objects start() used (communicate() would
+        # bypass what readline() already buffered); the child writes little
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out = self.proc.stdout.read()
+        err = self.proc.stderr.read()
         try:
-            out, err = self.proc.communicate(timeout=self.timeout)
+            self.proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise CaptureError(f"could not read {self.live} within {self.timeout:g} s") from None
@@ -381,12 +386,20 @@ class SqliteCopy:
         info: dict[str, Any] = json.loads(lines[-1])
         return info
 
-    def _fail(self, line: str, err: str = "") -> None:
+    def _fail(self, line: str, err: str | None = None) -> None:
+        if err is None:  # the child's own words, before it is gone
+            try:
+                rest = self.proc.stdout.read() if self.proc.stdout else ""
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+            except (OSError, ValueError):
+                rest, err = "", ""
+            if not line.strip() and rest.strip():
+                line = rest.strip().splitlines()[-1]
         self.kill()
         try:
             msg = json.loads(line)["error"]
-        except (ValueError, KeyError, TypeError):
-            tail = (err or (self.proc.stderr.read() if self.proc.stderr else "")).strip().splitlines()
+        except (ValueError, KeyError, TypeError, IndexError):
+            tail = (err or "").strip().splitlines()
             msg = tail[-1] if tail else f"exit {self.proc.returncode}"
         raise CaptureError(f"cannot read {self.live} with SQLite: {msg}")
 

@@ -192,6 +192,7 @@ class SnapshotManager:
             )
             snap.id = snapshot_id(snap)
             repo.save_snapshot(snap)
+            repo.catalog_add(snap.id)
             self.last_duration_s = time.monotonic() - t0
             return snap
 
@@ -584,6 +585,7 @@ class SnapshotManager:
                 expected_bytes=gc.freed_by(usage, {e.id for e in removed}),
             )
             if not dry_run:
+                repo.catalog_remove({e.id for e in removed})
                 for e in removed:  # references first ...
                     self.backend.remove(f"snapshots/{e.id}.json")
                     from .fsutil import crash_point

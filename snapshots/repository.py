@@ -147,15 +147,54 @@ class Repository:
             raise StoreError(str(exc)) from None
 
     def snapshots(self) -> tuple[list[Snapshot], list[str]]:
-        """All readable snapshots, oldest first, and one message per unreadable one."""
+        """All readable snapshots, oldest first, and one message per unreadable one
+        (including snapshots the catalog lists whose document is gone)."""
         snaps, problems = [], []
-        for sid in self.snapshot_ids():
+        ids = self.snapshot_ids()
+        for sid in ids:
             try:
                 snaps.append(self.load_snapshot(sid))
             except StoreError as exc:
                 problems.append(str(exc))
+        catalog, trouble = self.catalog()
+        if trouble:
+            problems.append(trouble)
+        for sid in sorted(catalog - set(ids)):
+            problems.append(f"snapshot {sid[:12]} is in the catalog but its document is missing (deleted?)")
         snaps.sort(key=lambda s: (s.created_at, s.id))
         return snaps, problems
+
+    # The catalog (catalog.json) lists every snapshot id, so that a deleted snapshot
+    # document is reported rather than silently gone. New ids are added after their
+    # document is durable; prune removes ids before it deletes documents.
+
+    def catalog(self) -> tuple[set[str], str | None]:
+        if not self._has_catalog():
+            return set(), None
+        try:
+            doc = json.loads(self.backend.read("catalog.json"))
+            return {str(i) for i in doc["snapshots"]}, None
+        except (StoreError, ValueError, KeyError, TypeError) as exc:
+            return set(), f"{self.backend.location}/catalog.json is unreadable ({exc}); ignored"
+
+    def _has_catalog(self) -> bool:
+        try:
+            self.backend.size("catalog.json")
+            return True
+        except OSError:
+            return False
+
+    def _write_catalog(self, ids: set[str]) -> None:
+        doc = {"version": INDEX_VERSION, "snapshots": sorted(ids)}
+        self.backend.write("catalog.json", json.dumps(doc, separators=(",", ":")).encode())
+
+    def catalog_add(self, snap_id: str) -> None:
+        ids, _ = self.catalog()
+        self._write_catalog(ids | {snap_id} | set(self.snapshot_ids()))
+
+    def catalog_remove(self, snap_ids: set[str]) -> None:
+        ids, _ = self.catalog()
+        self._write_catalog((ids | set(self.snapshot_ids())) - snap_ids)
 
     def resolve(self, ref: str) -> str:
         """Full id from a unique prefix (at least 4 digits) or `latest`."""

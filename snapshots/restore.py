@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 from . import swap
-from .errors import ChromasnapError, StoreError
+from .errors import ChromasnapError, StoreError, UsageError
 
 if TYPE_CHECKING:
     from .manager import SnapshotManager
@@ -118,6 +118,8 @@ def recover(
     from .guard import read_intents
 
     db = mgr._need_db()
+    if db.exists() and not db.is_dir():
+        raise UsageError(f"database {db} is not a directory")
     finished = swap.finish_interrupted(db)
     intents = [i for i in read_intents(mgr.backend) if i.dead] if mgr.backend.exists() else []
     reason = ""

@@ -1,0 +1,455 @@
+"""Torture suite: real kills, real corruption, hostile input and concurrency, counted.
+
+    python bench/torture.py            # the short form (also run by tests/test_torture.py)
+    python bench/torture.py --long     # 500 kills, 1000 flips, every bad input, 60 s of concurrency
+
+Prints one summary line: `kills K, lost L; flips F, undetected U; bad inputs B, tracebacks T;
+concurrency C ops, torn 0`. Everything is real: chromadb databases built with explicit
+embeddings, child processes killed with SIGKILL, bytes flipped in real store files, the
+real CLI. The only injected fault is the kill instant: a random delay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chromasnap.manifest import RetentionPolicy
+from chromasnap.snapshots import ChromasnapError, SnapshotManager, sample
+
+PY = sys.executable
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("CHROMASNAP_")}
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink() and not p.name.startswith(".chromasnap-")
+    }
+
+
+def build(path: Path, records: tuple[int, int] = (600, 80)) -> Path:
+    subprocess.run([PY, sample.__file__, "build", str(path), "--records", *map(str, records)], check=True)
+    return path
+
+
+def counts(db: Path) -> dict[str, int] | None:
+    r = subprocess.run([PY, sample.__file__, "count", str(db)], capture_output=True, text=True, check=False)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "chromasnap.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**ENV, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class Tally:
+    kills: int = 0
+    lost: int = 0
+    flips: int = 0
+    undetected: int = 0
+    bad_inputs: int = 0
+    tracebacks: int = 0
+    wrong: list[str] = field(default_factory=list)
+    concurrent_ops: int = 0
+    torn: int = 0
+
+    def line(self) -> str:
+        return (
+            f"kills {self.kills}, lost {self.lost}; flips {self.flips}, undetected {self.undetected}; "
+            f"bad inputs {self.bad_inputs}, tracebacks {self.tracebacks}; "
+            f"concurrency {self.concurrent_ops} ops, torn {self.torn}"
+        )
+
+
+# --- crashes -------------------------------------------------------------------------
+
+CHILD = """
+import os, sys, numpy as np
+from chromasnap.manifest import RetentionPolicy
+from chromasnap.snapshots import SnapshotManager
+db, op, arg = sys.argv[1], sys.argv[2], sys.argv[3]
+mgr = SnapshotManager(db)
+if op == "snapshot":
+    mgr.snapshot(note="torture")
+elif op == "guarded":
+    import chromadb
+    from chromadb.config import Settings
+    with mgr.before_write(reason="torture write"):
+        client = chromadb.PersistentClient(path=db, settings=Settings(anonymized_telemetry=False))
+        col = client.get_or_create_collection("coll0", embedding_function=None)
+        rng = np.random.default_rng(int(arg))
+        for b in range(20):
+            ids = [f"t{arg}-{b}-{i}" for i in range(100)]
+            col.add(ids=ids, embeddings=rng.standard_normal((100, 384), dtype=np.float32),
+                    documents=["torture"] * 100)
+elif op == "restore":
+    mgr.restore(arg, verify=False)
+elif op == "recover":
+    mgr.recover()
+elif op == "prune":
+    mgr.prune(RetentionPolicy(keep_last=4))
+"""
+OPS = ("snapshot", "guarded", "restore", "recover", "prune")
+
+
+def kills(root: Path, n: int, rng: random.Random, t: Tally) -> None:
+    db = build(root / "kill-db")
+    mgr = SnapshotManager(db)
+    for _ in range(3):
+        mgr.snapshot()
+    for i in range(n):
+        op = OPS[i % len(OPS)]
+        mgr = SnapshotManager(db)  # finishes an interrupted swap, as any command does
+        before_ids = {s.id for s in mgr.list()}
+        before = tree(db)
+        arg = str(i)
+        target_state = None
+        droppable: set[str] = set()
+        if op == "prune":
+            droppable = {e.id for e in mgr.prune(RetentionPolicy(keep_last=4), dry_run=True).removed}
+        if op == "restore":
+            snaps = mgr.list()
+            pick = rng.choice(snaps)
+            arg = pick.id
+            out = root / "expect"
+            shutil.rmtree(out, ignore_errors=True)
+            mgr.extract(pick.id, out)
+            target_state = tree(out)
+        proc = subprocess.Popen(
+            [PY, "-c", CHILD, str(db), op, arg], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        t.kills += 1
+        problems = _check_after_kill(db, op, before_ids - droppable, before, target_state)
+        if problems:
+            t.lost += 1
+            t.wrong.append(f"kill {i} during {op}: {problems}")
+
+
+def _check_after_kill(
+    db: Path, op: str, before_ids: set[str], before: dict[str, bytes], target: dict[str, bytes] | None
+) -> str:
+    try:
+        mgr = SnapshotManager(db)
+        rolled_back = False
+        if op == "guarded":  # a write died: recover rolls it back (or finds it complete)
+            rolled_back = mgr.recover().action == "restored"
+        after_ids = {s.id for s in mgr.list()}
+        if mgr.problems:
+            return f"unreadable snapshots: {mgr.problems[0]}"
+        missing = before_ids - after_ids  # (what the prune policy drops was taken out)
+        if missing:
+            return f"{len(missing)} snapshots lost"
+        bad = [r for r in mgr.verify_many(None, quick=True) if not r.ok]
+        if bad:
+            return f"verify: {bad[0].detail[:200]}"
+        now = tree(db)
+        if op in ("snapshot", "prune") and now != before:
+            return "the database changed"
+        if op == "restore" and now not in (before, target):
+            return "the database is neither the old nor the restored one"
+        if rolled_back and now != before:
+            return "recover did not bring back the state before the guarded write"
+        if counts(db) is None:
+            return "chromadb cannot open the database"
+        if len(after_ids) > 12:
+            mgr.prune(RetentionPolicy(keep_last=6))
+    except ChromasnapError as exc:
+        return f"next command failed: {exc}"
+    return ""
+
+
+# --- corruption ----------------------------------------------------------------------
+
+
+def flips(root: Path, n: int, rng: random.Random, t: Tally) -> None:
+    db = build(root / "flip-db", (400, 50))
+    base = SnapshotManager(db, root / "flip-store")
+    for i in range(3):
+        if i:
+            subprocess.run(
+                [PY, sample.__file__, "grow", str(db), "--fraction", "0.2", "--seed", str(i)], check=True
+            )
+        base.snapshot()
+    truth = {}
+    for s in base.list():
+        out = root / f"truth-{s.id[:8]}"
+        base.extract(s.id, out)
+        truth[s.id] = tree(out)
+    for i in range(n):
+        store = root / "flip-work"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(root / "flip-store", store)
+        files = [
+            p for p in store.rglob("*") if p.is_file() and p.name not in ("lock", "lock.owner", "write.lock")
+        ]
+        victim = rng.choice(files)
+        how = rng.choice(("flip", "flip", "truncate", "delete"))
+        data = bytearray(victim.read_bytes())
+        if how == "delete" or not data:
+            victim.unlink()
+        elif how == "truncate":
+            victim.write_bytes(bytes(data[: rng.randrange(len(data))]))
+        else:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            victim.write_bytes(bytes(data))
+        t.flips += 1
+        if not _damage_detected(db, store, truth, root):
+            t.undetected += 1
+            t.wrong.append(f"flip {i}: {how} {victim.relative_to(store)} went unnoticed")
+
+
+def _damage_detected(db: Path, store: Path, truth: dict[str, dict[str, bytes]], root: Path) -> bool:
+    """True when every snapshot whose content changed is reported (or the store refuses
+    to open with a clear error), and no undamaged manifest is hidden."""
+    try:
+        mgr = SnapshotManager(db, store)
+        listed = {s.id for s in mgr.list()}
+        reports = {r.id: r.ok for r in mgr.verify_many(None, quick=True)}
+    except ChromasnapError:
+        return True  # config or index damage: a clear one-line refusal
+    for sid, expected in truth.items():
+        if sid not in listed:
+            if not mgr.problems:
+                return False  # vanished without a word
+            continue
+        out = root / "flip-out"
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            mgr.extract(sid, out)
+            same = tree(out) == expected
+        except (ChromasnapError, OSError):
+            same = False
+        if not same and reports.get(sid, True):
+            return False  # damaged content that verify called ok
+    return True
+
+
+# --- hostile input ---------------------------------------------------------------------
+
+
+def bad_inputs(root: Path, t: Tally) -> None:
+    db = build(root / "bad-db", (200, 30))
+    store = db.parent / "bad-db.snapshots"
+    assert cli("snapshot", "--db", str(db)).returncode == 0
+    good = json.loads(cli("list", "--db", str(db), "--json").stdout)[0]["id"]
+    afile = root / "a-file"
+    afile.write_text("x")
+    full = root / "full"
+    full.mkdir(exist_ok=True)
+    (full / "x").write_text("x")
+    doc = json.loads((store / "snapshots" / f"{good}.json").read_text())
+    evil = []
+    for bad_path in ("/etc/passwd", "../../escape", "a/../../b"):
+        d = json.loads(json.dumps(doc))
+        d["files"][0]["path"] = bad_path
+        evil.append(d)
+    from chromasnap.manifest import snapshot_id
+
+    for d in evil:
+        d["id"] = snapshot_id(d)
+        (store / "snapshots" / f"{d['id']}.json").write_text(json.dumps(d))
+    cases: list[tuple[list[str], int, str]] = [
+        (["snapshot"], 2, "no database given"),
+        (["snapshot", "--db", str(root / "missing")], 2, "does not exist"),
+        (["snapshot", "--db", str(afile)], 2, "not a directory"),
+        (["snapshot", "--db", str(full)], 2, "not a Chroma database"),
+        (["snapshot", "--db", str(db), "--store", str(db / "s")], 2, "inside the database"),
+        (["snapshot", "--db", str(store / "db"), "--store", str(store)], 2, "inside the store"),
+        (["snapshot", "--db", str(db), "--store", str(afile)], 2, "not a directory"),
+        (["snapshot", "--db", str(db), "--tag", "a b"], 2, "invalid tag"),
+        (["show", "deadbeef", "--db", str(db)], 2, "no snapshot matches"),
+        (["show", "zz", "--db", str(db)], 2, "not a snapshot id"),
+        (["extract", "latest", str(full), "--db", str(db)], 2, "not empty"),
+        (["extract", good, str(afile), "--db", str(db)], 2, "not a directory"),
+        (["extract", good, str(store / "o"), "--db", str(db)], 2, "inside the store"),
+        (["extract", good, str(root / "no" / "parent"), "--db", str(db)], 2, "does not exist"),
+        (["list", "--store", str(root / "nowhere")], 2, "no chromasnap store"),
+        (["verify", "deadbeef", "--db", str(db)], 2, "no snapshot matches"),
+        (["verify", good, "--all", "--db", str(db)], 2, "not both"),
+        (["verify", good, "--timeout", "0", "--db", str(db)], 2, "Invalid value"),
+        (["restore", good, "--db", str(db)], 2, "--yes"),
+        (["restore", "deadbeef", "--yes", "--db", str(db)], 2, "no snapshot matches"),
+        (["health", "--db", str(root / "missing")], 2, "does not exist"),
+        (["recover", "--db", str(afile)], 2, "not a directory"),
+        (["policy", "set", "--keep-within", "7x", "--db", str(db)], 2, "invalid duration"),
+        (["policy", "set", "--keep-last", "-3", "--db", str(db)], 2, "0 or more"),
+        (["policy", "set", "--keep-replaced", "later", "--db", str(db)], 2, "invalid duration"),
+        (["prune", "--db", str(db)], 2, "no retention rules"),
+        (["prune", "--keep-tag", "none-has-it", "--db", str(db)], 2, "keep no snapshot"),
+        (["pin", "deadbeef", "--db", str(db)], 2, "no snapshot matches"),
+        (["kept", "--purge", "--db", str(db)], 2, "--yes"),
+        (["snapshot", "--no-such-flag"], 2, "No such option"),
+    ]
+    evil_cases: list[tuple[list[str], int, str]] = [
+        (["show", evil[0]["id"], "--db", str(db)], 1, "absolute path"),
+        (["show", evil[1]["id"], "--db", str(db)], 1, "'..'"),
+        (["extract", evil[2]["id"], str(root / "x1"), "--db", str(db)], 1, "'..'"),
+        (["verify", evil[0]["id"], "--quick", "--db", str(db)], 1, "absolute path"),
+    ]
+    (db.parent / f"{db.name}.replaced-20260101T000000Z").mkdir()  # for `kept --purge`
+    before_store = _store_tree(store)
+    before_db = tree(db)
+    _check_cases(evil_cases, t)
+    for d in evil:
+        (store / "snapshots" / f"{d['id']}.json").unlink()
+    _check_cases(cases, t)
+    if _store_tree(store) != {k: v for k, v in before_store.items() if not any(d["id"] in k for d in evil)}:
+        t.wrong.append("a bad input changed the store")
+    if tree(db) != before_db:
+        t.wrong.append("a bad input changed the database")
+    _ctrl_c(root, db, good, t)
+
+
+def _store_tree(store: Path) -> dict[str, bytes]:
+    return {k: v for k, v in tree(store).items() if not k.startswith(("lock", "write.lock", "tmp/"))}
+
+
+def _check_cases(cases: list[tuple[list[str], int, str]], t: Tally) -> None:
+    for args, code, text in cases:
+        r = cli(*args)
+        t.bad_inputs += 1
+        if "Traceback" in r.stderr:
+            t.tracebacks += 1
+        lines = r.stderr.strip().splitlines()
+        one_line = len(lines) == 1
+        if r.returncode != code or text not in r.stderr or not one_line:
+            t.wrong.append(f"bad input {args}: exit {r.returncode}, {r.stderr.strip()[:200]}")
+
+
+def _ctrl_c(root: Path, db: Path, good: str, t: Tally) -> None:
+    # Ctrl-C in the middle of a snapshot and of a restore: exit 130, one line, nothing partial
+    for args in (["snapshot", "--db", str(db)], ["restore", good, "--yes", "--no-verify", "--db", str(db)]):
+        before_ids = {s.id for s in SnapshotManager(db).list()}
+        before_db = tree(db)
+        proc = subprocess.Popen(
+            [PY, "-m", "chromasnap.cli", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        time.sleep(0.6)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        t.bad_inputs += 1
+        t.tracebacks += "Traceback" in err
+        mgr = SnapshotManager(db)
+        after = {s.id for s in mgr.list()}
+        if proc.returncode == 130:
+            if after != before_ids or tree(db) != before_db:
+                t.wrong.append(f"Ctrl-C during {args[0]} left something changed")
+        elif proc.returncode != 0:
+            t.wrong.append(f"Ctrl-C during {args[0]}: exit {proc.returncode}: {err.strip()[:200]}")
+
+
+# --- concurrency ---------------------------------------------------------------------
+
+WRITER = """
+import sys, time, numpy as np, chromadb
+from chromadb.config import Settings
+from chromasnap.snapshots import SnapshotManager
+db, seconds = sys.argv[1], float(sys.argv[2])
+mgr = SnapshotManager(db)
+end, i = time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    with mgr.before_write(reason="writer"):
+        client = chromadb.PersistentClient(path=db, settings=Settings(anonymized_telemetry=False))
+        col = client.get_or_create_collection("live", embedding_function=None)
+        col.add(ids=[f"w{i}-{k}" for k in range(50)], documents=["w"] * 50,
+                embeddings=np.random.default_rng(i).standard_normal((50, 384), dtype=np.float32))
+        del col, client
+    i += 1
+print(i)
+"""
+
+
+def concurrency(root: Path, seconds: float, t: Tally) -> None:
+    db = build(root / "conc-db", (300, 40))
+    SnapshotManager(db).snapshot()
+    env = {"CHROMASNAP_LOCK_TIMEOUT": "20"}
+    writer = subprocess.Popen(
+        [PY, "-c", WRITER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    deadline = time.monotonic() + seconds
+    commands = (
+        ["snapshot"],
+        ["verify", "--all", "--quick"],
+        ["list", "--json"],
+        ["prune", "--keep-last", "4"],
+    )
+    i = 0
+    while time.monotonic() < deadline:
+        r = cli(*commands[i % len(commands)], "--db", str(db), env=env, timeout=120)
+        i += 1
+        t.concurrent_ops += 1
+        if r.returncode != 0 and "locked by" not in r.stderr and "gave up" not in r.stderr:
+            t.wrong.append(
+                f"concurrent {commands[(i - 1) % len(commands)]}: exit {r.returncode}: {r.stderr[-200:]}"
+            )
+    writer.communicate(timeout=seconds + 120)
+    if writer.returncode != 0:
+        t.wrong.append(f"the guarded writer failed ({writer.returncode})")
+    for r in SnapshotManager(db).verify_many(None):  # every snapshot opens in full
+        if not r.ok:
+            t.torn += 1
+            t.wrong.append(f"torn snapshot {r.id[:12]}: {r.verdict} {r.detail[:200]}")
+
+
+def run(root: Path, n_kills: int = 5, n_flips: int = 25, seconds: float = 12, seed: int = 1) -> Tally:
+    """The short form by default; `--long` is 500 kills, 1000 flips, 60 s."""
+    rng = random.Random(seed)
+    t = Tally()
+    kills(root, n_kills, rng, t)
+    flips(root, n_flips, rng, t)
+    bad_inputs(root, t)
+    concurrency(root, seconds, t)
+    return t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--long", action="store_true", help="500 kills, 1000 flips, 60 s of concurrency")
+    ap.add_argument("--kills", type=int, default=None)
+    ap.add_argument("--flips", type=int, default=None)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--dir", type=Path, default=None)
+    a = ap.parse_args()
+    n_kills = a.kills if a.kills is not None else (500 if a.long else 5)
+    n_flips = a.flips if a.flips is not None else (1000 if a.long else 25)
+    seconds = a.seconds if a.seconds is not None else (60 if a.long else 12)
+    import tempfile
+
+    root = a.dir or Path(tempfile.mkdtemp(prefix="chromasnap-torture-"))
+    t0 = time.monotonic()
+    t = run(root, n_kills, n_flips, seconds)
+    for w in t.wrong:
+        print("PROBLEM", w)
+    print(f"{t.line()} ({time.monotonic() - t0:.0f} s)")
+    return 0 if not t.wrong else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The torture suite's short form: real kills, flips, hostile input and concurrency.
+
+The long form is `python bench/torture.py --long`; both count the same things.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from torture import run
+
+
+def test_torture_short_form(tmp_path: Path) -> None:
+    t = run(tmp_path, n_kills=5, n_flips=25, seconds=12)
+    assert t.wrong == []
+    assert (t.kills, t.lost) == (5, 0)
+    assert (t.flips, t.undetected) == (25, 0)
+    assert t.bad_inputs >= 30 and t.tracebacks == 0
+    assert t.concurrent_ops > 0 and t.torn == 0
