@@ -70,13 +70,14 @@ class Tally:
     bad_inputs: int = 0
     tracebacks: int = 0
     wrong: list[str] = field(default_factory=list)
+    interrupted: int = 0
     concurrent_ops: int = 0
     torn: int = 0
 
     def line(self) -> str:
         return (
             f"kills {self.kills}, lost {self.lost}; flips {self.flips}, undetected {self.undetected}; "
-            f"bad inputs {self.bad_inputs}, tracebacks {self.tracebacks}; "
+            f"bad inputs {self.bad_inputs} ({self.interrupted} Ctrl-C mid-way), tracebacks {self.tracebacks}; "
             f"concurrency {self.concurrent_ops} ops, torn {self.torn}"
         )
 
@@ -340,29 +341,47 @@ def _check_cases(cases: list[tuple[list[str], int, str]], t: Tally) -> None:
 
 
 def _ctrl_c(root: Path, db: Path, good: str, t: Tally) -> None:
-    # Ctrl-C in the middle of a snapshot and of a restore: exit 130, one line, nothing partial
-    for args in (["snapshot", "--db", str(db)], ["restore", good, "--yes", "--no-verify", "--db", str(db)]):
-        before_ids = {s.id for s in SnapshotManager(db).list()}
-        before_db = tree(db)
-        proc = subprocess.Popen(
-            [PY, "-m", "chromasnap.cli", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-        )
-        time.sleep(0.6)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-        t.bad_inputs += 1
-        t.tracebacks += "Traceback" in err
-        mgr = SnapshotManager(db)
-        after = {s.id for s in mgr.list()}
-        if proc.returncode == 130:
-            if after != before_ids or tree(db) != before_db:
-                t.wrong.append(f"Ctrl-C during {args[0]} left something changed")
-        elif proc.returncode != 0:
-            t.wrong.append(f"Ctrl-C during {args[0]}: exit {proc.returncode}: {err.strip()[:200]}")
+    """Ctrl-C (SIGINT) at several instants of a snapshot and of a restore: each run ends
+    either complete (exit 0) or interrupted (exit 130, one line) with nothing partial."""
+    big = build(root / "ctrl-c-db", (3000, 300))  # big enough to be caught mid-way
+    SnapshotManager(big).snapshot()
+    target = SnapshotManager(big).list()[0].id
+    for args in (
+        ["snapshot", "--db", str(big)],
+        ["restore", target, "--yes", "--no-verify", "--db", str(big)],
+    ):
+        for delay in (0.3, 0.4, 0.5, 0.6, 0.8):
+            before_ids = {s.id for s in SnapshotManager(big).list()}
+            before_db = tree(big)
+            proc = subprocess.Popen(
+                [PY, "-m", "chromasnap.cli", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=ENV,
+            )
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+            t.bad_inputs += 1
+            t.tracebacks += "Traceback" in err
+            mgr = SnapshotManager(big)
+            after = {s.id for s in mgr.list()}
+            # interrupted: 130 from our handler (one line), or SIGINT's own exit (-2) and
+            # click's "aborted" (1) when it lands before our code runs
+            if proc.returncode in (130, -signal.SIGINT, 1):
+                t.interrupted += 1
+                lines = err.strip().splitlines()
+                if after - before_ids and args[0] == "snapshot":
+                    t.wrong.append("Ctrl-C during a snapshot left a snapshot")
+                if args[0] == "restore" and tree(big) != before_db:
+                    t.wrong.append("Ctrl-C during a restore changed the database")
+                if len(lines) > 1:
+                    t.wrong.append(f"Ctrl-C message: {err.strip()[:200]}")
+            elif proc.returncode != 0:
+                t.wrong.append(f"Ctrl-C during {args[0]}: exit {proc.returncode}: {err.strip()[:200]}")
+            if mgr.problems or not all(r.ok for r in mgr.verify_many(None, quick=True)):
+                t.wrong.append(f"Ctrl-C during {args[0]} damaged the store")
 
 
 # --- concurrency ---------------------------------------------------------------------
