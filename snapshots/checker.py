@@ -31,8 +31,10 @@ from .repository import Repository
 
 Verdict = Literal["ok", "damaged", "exception", "crashed", "timeout", "mismatch"]
 PROBE_MARK = "CHROMASNAP-PROBE "
-SELF_HIT_RATIO = 0.9
-"""Share of sampled records that must find themselves among their 10 nearest hits."""
+SELF_HIT_RATIO = 0.5
+"""Share of sampled records that must find themselves among their 10 nearest hits. HNSW is
+approximate: a healthy index of random 384-d vectors added 50 at a time misses 4-7% (measured
+with chromadb 1.5.9 alone); a broken one misses nearly all (a truncated length.bin: 20 of 20)."""
 DEFAULT_TIMEOUT = 120.0
 
 
