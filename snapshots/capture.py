@@ -73,13 +73,19 @@ def scan(root: Path) -> Scan:
     out = Scan(root_mode=stat.S_IMODE(os.lstat(root).st_mode))
 
     def walk(rel: str) -> None:
-        with os.scandir(root / rel if rel else root) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(root / rel if rel else root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            return  # a folder removed since its parent was listed
         for e in entries:
             path = f"{rel}/{e.name}" if rel else e.name
             if not rel and e.name.startswith(OWN_PREFIX):
                 continue  # chromasnap's own (a restore staged inside a mount point)
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since the listing (a -journal a writer just removed)
             if stat.S_ISLNK(st.st_mode):
                 out.skipped.append(SkippedEntry(path=path, kind="symlink", reason="never followed"))
             elif stat.S_ISDIR(st.st_mode):

@@ -114,7 +114,13 @@ def main() -> int:
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     try:
-        result = copy(live, dest)
+        for attempt in range(3):
+            try:
+                result = copy(live, dest)
+                break
+            except FileNotFoundError as exc:  # a journal that vanished under us: look again
+                if attempt == 2 or not str(exc.filename or "").endswith("-journal"):
+                    raise
     except (sqlite3.Error, OSError) as exc:
         dest.unlink(missing_ok=True)
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
