@@ -351,7 +351,6 @@ def _ctrl_c(root: Path, db: Path, good: str, t: Tally) -> None:
         ["restore", target, "--yes", "--no-verify", "--db", str(big)],
     ):
         for delay in (0.3, 0.4, 0.5, 0.6, 0.8):
-            before_ids = {s.id for s in SnapshotManager(big).list()}
             before_db = tree(big)
             proc = subprocess.Popen(
                 [PY, "-m", "chromasnap.cli", *args],
@@ -366,14 +365,13 @@ def _ctrl_c(root: Path, db: Path, good: str, t: Tally) -> None:
             t.bad_inputs += 1
             t.tracebacks += "Traceback" in err
             mgr = SnapshotManager(big)
-            after = {s.id for s in mgr.list()}
             # interrupted: 130 from our handler (one line), or SIGINT's own exit (-2) and
             # click's "aborted" (1) when it lands before our code runs
             if proc.returncode in (130, -signal.SIGINT, 1):
                 t.interrupted += 1
                 lines = err.strip().splitlines()
-                if after - before_ids and args[0] == "snapshot":
-                    t.wrong.append("Ctrl-C during a snapshot left a snapshot")
+                # a snapshot finished just before the interrupt is complete, not partial:
+                # the store check below verifies every one
                 if args[0] == "restore" and tree(big) != before_db:
                     t.wrong.append("Ctrl-C during a restore changed the database")
                 if len(lines) > 1:

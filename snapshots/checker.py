@@ -255,7 +255,7 @@ def run_probe(
         report.verdict, report.ok = "exception", False
         report.detail = f"{raised['type']} at {data.get('stage')}: {raised['message'][:300]}"
         return report
-    problems = compare(report, expected)
+    problems = hnsw_file_problems(db) + compare(report, expected)
     if problems:
         report.verdict, report.ok = "mismatch", False
         report.detail = "; ".join(problems)[:1000]
@@ -263,6 +263,33 @@ def run_probe(
         counts = ", ".join(f"{c['name']}={c['count']}" for c in report.collections)
         report.detail = f"opened with chromadb {report.chromadb_version}: {counts or 'no collections'}"
     return report
+
+
+def hnsw_file_problems(db: Path) -> list[str]:
+    """Structural checks of each vector segment's files against its header.bin: hnswlib
+    writes data_level0.bin and length.bin for exactly its element count (1.5.x) or its
+    capacity (1.0.x). A truncated file can answer queries silently wrong."""
+    from . import hnsw
+
+    problems = []
+    for seg in sorted(db.iterdir()):
+        if not seg.is_dir() or seg.is_symlink() or not (seg / "header.bin").is_file():
+            continue
+        h = hnsw.parse_header((seg / "header.bin").read_bytes())
+        if h is None:
+            problems.append(f"{seg.name}/header.bin is not a valid hnswlib header")
+            continue
+        counts = {h.cur_element_count, h.max_elements}
+        for name, per in (("data_level0.bin", h.size_data_per_element), ("length.bin", 4)):
+            f = seg / name
+            if not f.is_file():
+                problems.append(f"{seg.name}/{name} is missing")
+            elif f.stat().st_size not in {per * n for n in counts}:
+                problems.append(
+                    f"{seg.name}/{name} has {f.stat().st_size} bytes; header.bin says "
+                    f"{h.cur_element_count} elements of capacity {h.max_elements}"
+                )
+    return problems
 
 
 def compare(report: ProbeReport, expected: WalState | None) -> list[str]:
