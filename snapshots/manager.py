@@ -455,6 +455,9 @@ class SnapshotManager:
         restore the newest snapshot that verifies, the interrupted write's first."""
         from .restore import recover
 
+        db = self._need_db()
+        if db.exists() and not db.is_dir():  # refuse before creating anything beside it
+            raise UsageError(f"database {db} is not a directory")
         with self._write_lock():
             return recover(self, rollback_interrupted, reset, python, timeout)
 
