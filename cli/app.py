@@ -5,10 +5,14 @@ from __future__ import annotations
 import typer
 
 from .demo_cmd import demo_cmd
+from .diff_cmd import diff_cmd
+from .export_cmd import export_cmd
 from .extract_cmd import extract_cmd
+from .find_cmd import find_cmd
 from .health_cmd import health_cmd
 from .kept_cmd import kept_cmd
 from .list_cmd import list_cmd
+from .peek_cmd import peek_cmd
 from .pin_cmd import pin_cmd, unpin_cmd
 from .policy_cmd import policy_app
 from .prune_cmd import prune_cmd
@@ -32,6 +36,10 @@ app.command("snapshot")(snapshot_cmd)
 app.command("list")(list_cmd)
 app.command("show")(show_cmd)
 app.command("extract")(extract_cmd)
+app.command("diff")(diff_cmd)
+app.command("peek")(peek_cmd)
+app.command("find")(find_cmd)
+app.command("export")(export_cmd)
 app.command("verify")(verify_cmd)
 app.command("health")(health_cmd)
 app.command("restore")(restore_cmd)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
-from .verify_cmd import PythonOpt, TimeoutOpt
+from .verify_cmd import PythonOpt
 
 
 @handle_errors
@@ -20,16 +20,39 @@ def restore_cmd(
         bool, typer.Option("--force", help="Restore even while a process has the database open.")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    collection: Annotated[
+        str | None,
+        typer.Option("--collection", "-c", help="Restore only this collection; the others stay as they are."),
+    ] = None,
+    as_name: Annotated[
+        str | None, typer.Option("--as", help="With --collection: restore under this name.")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="With --collection: replace a collection of that name.")
+    ] = False,
     python: PythonOpt = None,
-    timeout: TimeoutOpt = 120.0,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout", min=1, help="Seconds before chromadb is stopped (probe: 120; --collection: none)."
+        ),
+    ] = None,
     db: DbOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Restore a snapshot over the live database; the replaced one is kept (`chromasnap kept`)."""
+    """Restore a snapshot over the live database; the replaced one is kept (`chromasnap kept`).
+    With --collection, bring back one collection through chromadb after a pre-restore snapshot."""
     mgr = manager(db, store)
     snap = mgr.get(snapshot_id)
+    if collection is None and (as_name or replace):
+        from chromasnap.snapshots import UsageError
+
+        raise UsageError("--as and --replace go with --collection")
+    if collection is not None:
+        _restore_collection(mgr, snap, collection, as_name, replace, force, python, timeout, json_out)
+        return
     if not yes:
         if not sys.stdin.isatty():
             from chromasnap.snapshots import UsageError
@@ -45,7 +68,7 @@ def restore_cmd(
         backup=not no_backup,
         force=force,
         python=python,
-        timeout=timeout,
+        timeout=timeout or 120.0,
     )
     if json_out:
         print_json(res.model_dump())
@@ -59,3 +82,28 @@ def restore_cmd(
         typer.echo(f"the replaced directory is kept at {res.kept_path}")
     if res.detail:
         typer.echo(f"note: {res.detail}", err=True)
+
+
+def _restore_collection(
+    mgr: Any,
+    snap: Any,
+    collection: str,
+    as_name: str | None,
+    replace: bool,
+    force: bool,
+    python: str | None,
+    timeout: float | None,
+    json_out: bool,
+) -> None:
+    res = mgr.restore_collection(
+        snap.id, collection, as_name=as_name, replace=replace, force=force, python=python, timeout=timeout
+    )
+    if json_out:
+        print_json(res.model_dump(mode="json"))
+        return
+    verb = "replaced" if res.replaced else "restored"
+    typer.echo(
+        f"{verb} collection {res.target} with {res.records} records of {collection} from {snap.short_id} "
+        f"({res.exact_embeddings} of {res.records} embeddings bit-identical)"
+    )
+    typer.echo(f"the database before was snapshotted as {res.pre_restore[:12]}")

@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-FORMAT_VERSION = 1
-"""Version of the store layout and of every JSON document in it."""
+FORMAT_VERSION = 2
+"""Version of the store layout and of every JSON document in it (2 added `Snapshot.records`,
+the record index; a version-1 document reads as version 2 without one)."""
 
 
 def _check_relpath(value: str) -> str:
@@ -217,6 +218,32 @@ class WalState(_Model):
     warnings: list[str] = Field(default_factory=list)
 
 
+# --- the record index (stored as blobs of type "records"; see docs/format.md) ------------
+
+
+class RecordChunkRef(_Model):
+    """One chunk of a collection's record index: records sorted by id, `first` the lowest."""
+
+    first: str
+    key: Key
+    count: int = Field(ge=0)
+
+
+class CollectionRecords(_Model):
+    id: str
+    name: str
+    records: int = Field(ge=0)
+    chunks: list[RecordChunkRef] = Field(default_factory=list)
+
+
+class RecordIndex(_Model):
+    """Every record of every collection as (id, seq_id, document hash, metadata hash),
+    in content-defined chunks so that unchanged runs of ids deduplicate across snapshots."""
+
+    version: Literal[1] = 1
+    collections: list[CollectionRecords] = Field(default_factory=list)
+
+
 class Totals(_Model):
     files: int = 0
     logical_bytes: int = Field(0, description="sum of the files' apparent sizes")
@@ -267,6 +294,9 @@ class Snapshot(_Model):
     files: list[FileEntry] = Field(default_factory=list)
     skipped: list[SkippedEntry] = Field(default_factory=list)
     wal: WalState
+    records: Key | None = Field(
+        None, description="blob holding the RecordIndex (ids, seq_ids, hashes) of chroma.sqlite3"
+    )
     verifications: list[Verification] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
     pinned: bool = False

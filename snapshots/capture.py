@@ -38,6 +38,7 @@ from chromasnap.manifest import (
 
 from . import hnsw
 from .errors import CaptureError
+from .records import store_records
 from .repository import BlobWriter, Repository
 from .sqlite_state import apply_hnsw, read_wal_state_file
 
@@ -357,12 +358,14 @@ class SqliteCopy:
     so the caller can read the segment folders while the child copies; `finish()` waits.
     """
 
-    def __init__(self, live: Path, dest: Path, timeout: float = 300) -> None:
+    def __init__(self, live: Path, dest: Path, timeout: float = 300, records: bool = False) -> None:
         from . import sqlite_copy
 
         self.live, self.dest, self.timeout = live, dest, timeout
+        self.records = dest.with_name(dest.name + ".records") if records else None
+        extra = ["--records", str(self.records)] if self.records else []
         self.proc = subprocess.Popen(
-            [sys.executable, sqlite_copy.__file__, str(live), str(dest)],
+            [sys.executable, sqlite_copy.__file__, str(live), str(dest), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -414,6 +417,8 @@ class SqliteCopy:
             self.proc.kill()
         self.proc.wait()
         self.dest.unlink(missing_ok=True)
+        if self.records is not None:
+            self.records.unlink(missing_ok=True)
 
 
 def copy_sqlite(live: Path, dest: Path, timeout: float = 300) -> dict[str, Any]:
@@ -427,8 +432,8 @@ def capture(
     root: Path,
     parent: Snapshot | None,
     progress: Progress | None = None,
-) -> tuple[list[DirEntry], list[FileEntry], list[SkippedEntry], WalState, int, int]:
-    """Capture `root`; returns dirs, files, skipped, WAL state, bytes read, files reused."""
+) -> Captured:
+    """Capture `root`: its dirs, files, skipped entries, WAL state and record index."""
     cap = Capturer(repo, writer, progress)
     found = scan(root)
     scratch = repo.backend.scratch_dir()
@@ -457,18 +462,23 @@ def capture(
     # 1. chroma.sqlite3
     sq_copy: SqliteCopy | None = None
     wal: WalState
+    records: str | None = None
     sq_old = reusable(SQLITE_NAME, stats[SQLITE_NAME])
     if (
         sq_old is not None
         and parent is not None
         and not found.side_files
         and parent.wal.journal_mode == "delete"
+        and parent.records is not None
     ):
         files[SQLITE_NAME] = sq_old
         wal = parent.wal.model_copy(deep=True)
+        records = parent.records
         reused += 1
     else:
-        sq_copy = SqliteCopy(root / SQLITE_NAME, scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}")
+        sq_copy = SqliteCopy(
+            root / SQLITE_NAME, scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}", records=True
+        )
         sq_copy.start()  # the SQLite state is fixed from here: folders read next are newer
 
     # 2. every other file, one folder at a time, consistent within the folder, while the
@@ -490,6 +500,12 @@ def capture(
         if sq_copy is not None:
             info = sq_copy.finish()
             files[SQLITE_NAME], wal = cap.read_sqlite(sq_copy.dest, info, found.side_files)
+            if sq_copy.records is not None and "records" in info:
+                records = store_records(writer, sq_copy.records)
+            elif info.get("records_error"):
+                wal.warnings.append(f"no record index: {info['records_error']}")
+            if sq_copy.records is not None:
+                sq_copy.records.unlink(missing_ok=True)
     except BaseException:
         if sq_copy is not None:
             sq_copy.kill()
@@ -499,8 +515,19 @@ def capture(
     apply_hnsw(wal, hnsw_info)
 
     ordered = [files[rel] for rel, _ in found.files]
-    dirs = found.dirs
-    return dirs, ordered, found.skipped, wal, cap.read_bytes, reused
+    return Captured(found.dirs, ordered, found.skipped, wal, records, cap.read_bytes, reused)
+
+
+@dataclass
+class Captured:
+    dirs: list[DirEntry]
+    files: list[FileEntry]
+    skipped: list[SkippedEntry]
+    wal: WalState
+    records: str | None
+    """Key of the record index blob (None if chroma.sqlite3 could not be indexed)."""
+    read_bytes: int
+    reused: int
 
 
 def _capture_folder(

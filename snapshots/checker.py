@@ -82,7 +82,14 @@ class HealthReport(BaseModel):
 
 def referenced_blobs(repo: Repository, snap: Snapshot) -> set[str]:
     """Every blob key a snapshot needs: its chunk lists and their chunks."""
+    from .records import referenced
+
     keys: set[str] = set()
+    try:
+        keys |= referenced(repo, snap)
+    except StoreError:
+        keys.add(snap.records or "")
+        keys.discard("")
     for f in snap.files:
         keys.add(f.chunk_list)
         try:
@@ -111,6 +118,7 @@ def check_objects(
     that files shared by many snapshots are read once per run. Memory stays flat: each
     file is streamed, a few blobs ahead, and never held whole.
     """
+    from . import records
     from .extract import join_streams, read_blobs
 
     problems: list[str] = []
@@ -131,6 +139,7 @@ def check_objects(
                 verified[f.chunk_list] = _check_file(repo, f, blobs, join_streams)
             if verified[f.chunk_list]:
                 problems.append(f"{f.path}: {verified[f.chunk_list]}")
+        problems += records.check(repo, snap)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return problems, checked

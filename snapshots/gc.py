@@ -67,6 +67,15 @@ def usage(repo: Repository, snaps: list[Snapshot]) -> Usage:
 def _referenced_strict(repo: Repository, snap: Snapshot) -> set[str]:
     """Like referenced_blobs, but an unreadable chunk list stops everything: gc must know
     every reference before it may delete anything."""
+    from .records import referenced
+
+    try:
+        referenced(repo, snap)
+    except StoreError as exc:
+        raise StoreError(
+            f"snapshot {snap.short_id}: cannot read its record index ({exc}); "
+            "gc stopped before deleting anything"
+        ) from None
     for f in snap.files:
         try:
             repo.read_chunk_list(f.chunk_list)

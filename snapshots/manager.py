@@ -23,6 +23,7 @@ from .errors import ChromasnapError, LockTimeout, StoreError, UsageError
 from .repository import Repository
 
 if TYPE_CHECKING:
+    from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
     from .checker import HealthReport, ProbeReport, VerifyReport
     from .gc import PruneResult
     from .restore import RecoverResult, RestoreResult
@@ -156,21 +157,19 @@ class SnapshotManager:
             parent = self._parent(repo)
             writer = repo.writer()
             try:
-                dirs, files, skipped, wal, read_bytes, reused = capture(
-                    repo, writer, db_path, parent, progress
-                )
+                cap = capture(repo, writer, db_path, parent, progress)
                 writer.commit()
             except BaseException:
                 writer.abort()
                 raise
             totals = Totals(
-                files=len(files),
-                logical_bytes=sum(f.size for f in files),
-                data_bytes=sum(f.data_bytes for f in files),
-                read_bytes=read_bytes,
+                files=len(cap.files),
+                logical_bytes=sum(f.size for f in cap.files),
+                data_bytes=sum(f.data_bytes for f in cap.files),
+                read_bytes=cap.read_bytes,
                 new_blobs=writer.new_blobs,
                 new_bytes=writer.new_bytes,
-                reused_files=reused,
+                reused_files=cap.reused,
             )
             snap = Snapshot(
                 id="0" * 64,
@@ -185,10 +184,11 @@ class SnapshotManager:
                 chromasnap_version=_version("chromasnap") or "",
                 chromadb_version=_version("chromadb"),
                 totals=totals,
-                dirs=dirs,
-                files=files,
-                skipped=skipped,
-                wal=wal,
+                dirs=cap.dirs,
+                files=cap.files,
+                skipped=cap.skipped,
+                wal=cap.wal,
+                records=cap.records,
             )
             snap.id = snapshot_id(snap)
             repo.save_snapshot(snap)
@@ -321,6 +321,11 @@ class SnapshotManager:
             except StoreError as exc:  # name exactly what is damaged
                 problems, _ = checker.check_objects(self.repo, snap, {})
                 return None, problems or [str(exc)]
+            from .records import check
+
+            damaged = check(self.repo, snap)
+            if damaged:
+                return None, damaged
             probe = checker.run_probe(db, snap.wal, python, timeout or checker.DEFAULT_TIMEOUT)
             return probe, []
         finally:  # also on Ctrl-C: the private copy never outlives the check
@@ -485,13 +490,83 @@ class SnapshotManager:
             shutil.rmtree(p)
         return gone
 
-    def before_write(self, reason: str = "", tags: Sequence[str] = (), note: str | None = None) -> WriteGuard:
+    def before_write(
+        self,
+        reason: str = "",
+        tags: Sequence[str] = (),
+        note: str | None = None,
+        snapshot_reason: str = "pre-write",
+    ) -> WriteGuard:
         """Guard a write: `with mgr.before_write(reason="index docs"):` or as a decorator.
 
-        Takes the database write lock, snapshots (`pre-write`), leaves a durable write
-        intent for `recover` should the process die, and clears it when the block ends.
+        Takes the database write lock, snapshots (reason `snapshot_reason`), leaves a
+        durable write intent for `recover` should the process die, and clears it when the
+        block ends.
         """
-        return WriteGuard(self, reason, tags, note)
+        return WriteGuard(self, reason, tags, note, snapshot_reason)
+
+    # --- browsing by collection and record --------------------------------------------
+
+    def diff(self, a: str, b: str | None = None, ids: bool = False, limit: int = 100) -> DiffResult:
+        """What changed from snapshot `a` to snapshot `b` (default: the live database): per
+        collection the records added, removed and changed (with `ids`, up to `limit` of
+        each), collections created, dropped or recreated, and the files that differ."""
+        from .browse import diff
+
+        return diff(self, a, b, ids, limit)
+
+    def find(self, record_id: str, collection: str | None = None) -> FindResult:
+        """Every snapshot holding `record_id`, oldest first, with what changed between
+        consecutive snapshots of the same database (appeared, changed, vanished)."""
+        from .browse import find
+
+        return find(self, record_id, collection)
+
+    def peek(
+        self, ref: str, collection: str, limit: int = 10, ids: Sequence[str] | None = None
+    ) -> PeekResult:
+        """Records (id, document, metadata) of one collection of a snapshot; no chromadb."""
+        from .browse import peek
+
+        return peek(self, ref, collection, limit, list(ids) if ids else None)
+
+    def export(
+        self,
+        ref: str,
+        collection: str,
+        out: str | os.PathLike[str],
+        python: str | None = None,
+        timeout: float | None = None,
+    ) -> ExportResult:
+        """Write ids, documents, metadatas and embeddings of one collection of a snapshot to
+        `out` as JSON lines (read by chromadb in a child; written atomically)."""
+        from .browse import export
+
+        return export(self, ref, collection, out, python, timeout)
+
+    def restore_collection(
+        self,
+        ref: str,
+        collection: str,
+        as_name: str | None = None,
+        replace: bool = False,
+        force: bool = False,
+        python: str | None = None,
+        timeout: float | None = None,
+    ) -> CollectionRestoreResult:
+        """Bring one collection of snapshot `ref` back into the live database, as
+        `as_name` if given; every other collection stays as it is.
+
+        Runs as a guarded write (database write lock, a `pre-restore` snapshot, a write
+        intent) through chromadb in a child process (`python`, default this interpreter).
+        Records come back with the same ids, documents, metadata and bit-identical
+        embeddings, under the collection's metadata and index configuration. An existing
+        collection of the target name is refused unless `replace`; it is dropped only
+        after its replacement is complete.
+        """
+        from .browse import restore_collection
+
+        return restore_collection(self, ref, collection, as_name, replace, force, python, timeout)
 
     def _write_lock(self) -> contextlib.AbstractContextManager[object]:
         from filelock import FileLock, Timeout
@@ -666,14 +741,22 @@ class StoreStats(BaseModel):
 class WriteGuard(contextlib.ContextDecorator):
     """The context manager and decorator returned by `SnapshotManager.before_write`."""
 
-    def __init__(self, mgr: SnapshotManager, reason: str, tags: Sequence[str], note: str | None):
+    def __init__(
+        self,
+        mgr: SnapshotManager,
+        reason: str,
+        tags: Sequence[str],
+        note: str | None,
+        snapshot_reason: str = "pre-write",
+    ):
         self.mgr, self.reason, self.tags, self.note = mgr, reason, tags, note
+        self.snapshot_reason = snapshot_reason
         self.snapshot: Snapshot | None = None
         self._lock: contextlib.ExitStack | None = None
         self._intent: str | None = None
 
     def _recreate_cm(self) -> WriteGuard:  # a fresh guard for each decorated call
-        return WriteGuard(self.mgr, self.reason, self.tags, self.note)
+        return WriteGuard(self.mgr, self.reason, self.tags, self.note, self.snapshot_reason)
 
     def __enter__(self) -> Snapshot:
         from .guard import write_intent
@@ -682,7 +765,7 @@ class WriteGuard(contextlib.ContextDecorator):
         stack.enter_context(self.mgr._write_lock())
         try:
             self.snapshot = self.mgr.snapshot(
-                reason="pre-write", tags=self.tags, note=self.note or self.reason or None
+                reason=self.snapshot_reason, tags=self.tags, note=self.note or self.reason or None
             )
             self._intent = write_intent(self.mgr.backend, self.snapshot.id, self.reason)
             rules = self.mgr.repo.config.retention

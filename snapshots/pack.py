@@ -21,7 +21,7 @@ from blake3 import blake3
 from .errors import StoreError
 
 MAGIC = b"CSNPACK1"
-BLOB_TYPES = ("data", "list")
+BLOB_TYPES = ("data", "list", "records")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,35 @@
+"""`chromasnap export ID COLLECTION --out FILE.jsonl`: one collection, embeddings included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+from .verify_cmd import PythonOpt, TimeoutOpt
+
+
+@handle_errors
+def export_cmd(
+    snapshot_id: Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")],
+    collection: Annotated[str, typer.Argument(metavar="COLLECTION")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The JSON Lines file to write.")],
+    python: PythonOpt = None,
+    timeout: TimeoutOpt = 3600.0,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write ids, documents, metadatas and embeddings of COLLECTION as JSON lines, one record
+    a line; the file appears complete or not at all."""
+    res = manager(db, store).export(snapshot_id, collection, out, python=python, timeout=timeout)
+    if json_out:
+        print_json(res.model_dump(mode="json"))
+    else:
+        typer.echo(
+            f"exported {res.records} records of {collection} from {res.snapshot[:12]} "
+            f"to {res.out} ({human_bytes(res.bytes)})"
+        )

@@ -1,0 +1,670 @@
+"""Browsing snapshots by collection and record: diff, find, peek, export, and restoring
+one collection. `diff` and `find` read record indexes only; `peek` reads a private copy
+of a snapshot's chroma.sqlite3 with sqlite3; `export` and collection restore read the
+embeddings through chromadb in a child process (collection_child.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+
+from blake3 import blake3
+from pydantic import BaseModel, Field
+
+from chromasnap.manifest import Snapshot
+
+from . import records as rx
+from .errors import ChromasnapError, UsageError
+
+if TYPE_CHECKING:
+    from .manager import SnapshotManager
+
+LIVE = "live"
+FIELD_NAMES = ("document", "metadata", "embedding")
+
+
+class RecordIds(BaseModel):
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    changed: list[str] = Field(default_factory=list)
+
+
+class CollectionDiff(BaseModel):
+    name: str
+    status: Literal["same", "changed", "created", "dropped", "recreated"]
+    records_a: int = 0
+    records_b: int = 0
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    fields: dict[str, int] = Field(
+        default_factory=dict,
+        description="changed records by what changed; 'embedding' means the record was rewritten "
+        "with the same document and metadata (its seq_id moved)",
+    )
+    ids: RecordIds | None = None
+
+
+class FileDiff(BaseModel):
+    path: str
+    status: Literal["added", "removed", "changed"]
+    size_a: int | None = None
+    size_b: int | None = None
+
+
+class DiffResult(BaseModel):
+    a: str
+    b: str
+    collections: list[CollectionDiff]
+    created: list[str]
+    dropped: list[str]
+    recreated: list[str]
+    files: list[FileDiff]
+    changed_bytes: int = Field(description="sum of the larger size of each differing file")
+    duration_s: float = 0.0
+
+    @property
+    def identical(self) -> bool:
+        return not self.files and all(c.status == "same" for c in self.collections)
+
+
+class FindEntry(BaseModel):
+    snapshot: str
+    created_at: str
+    source: str
+    collection: str
+    change: Literal["appeared", "changed", "unchanged", "vanished"]
+    seq_id: int | None = None
+    fields: list[str] = Field(default_factory=list)
+    document_hash: str | None = None
+    metadata_hash: str | None = None
+
+
+class FindResult(BaseModel):
+    id: str
+    collection: str | None
+    snapshots: int
+    entries: list[FindEntry]
+    duration_s: float = 0.0
+
+
+class PeekRecord(BaseModel):
+    id: str
+    document: str | None
+    metadata: dict[str, Any] | None
+
+
+class PeekResult(BaseModel):
+    snapshot: str
+    collection: str
+    total: int
+    records: list[PeekRecord]
+    missing: list[str] = Field(default_factory=list)
+
+
+class ExportResult(BaseModel):
+    snapshot: str
+    collection: str
+    out: str
+    records: int
+    bytes: int
+    space: str | None = None
+    metadata: dict[str, Any] | None = None
+    duration_s: float = 0.0
+
+
+class CollectionRestoreResult(BaseModel):
+    snapshot: str
+    collection: str
+    target: str
+    replaced: bool
+    records: int
+    exact_embeddings: int
+    space: str | None = None
+    pre_restore: str | None = None
+    duration_s: float = 0.0
+
+
+# --- views of both sides --------------------------------------------------------------------
+
+
+def _side(mgr: SnapshotManager, ref: str, source: rx.RecordSource, work: Path) -> tuple[str, Any, Any]:
+    """(label, {collection name: view}, files) of a snapshot or, for `live`, the database."""
+    if ref == LIVE:
+        return LIVE, *_live(mgr, source, work)
+    snap = mgr.get(ref)
+    return snap.id, rx.snapshot_views(mgr.repo, snap, source), snap
+
+
+def _live(mgr: SnapshotManager, source: rx.RecordSource, work: Path) -> tuple[Any, dict[str, Any]]:
+    """The live database's record views (from a private copy of chroma.sqlite3 made under
+    SQLite's read lock by a child) and its files as {path: (size, stat, hash or None)}."""
+    from .capture import SQLITE_NAME, SqliteCopy, scan
+    from .manager import check_database
+
+    db = mgr._need_db()
+    check_database(db)
+    copy = SqliteCopy(db / SQLITE_NAME, work / "live.sqlite3", records=True).start()
+    try:
+        info = copy.finish()
+    except BaseException:
+        copy.kill()
+        raise
+    if copy.records is None or "records" not in info:
+        raise ChromasnapError(f"cannot read the records of {db}: {info.get('records_error', 'unknown')}")
+    views = rx.views(rx.from_lines(copy.records, source), source)
+    files: dict[str, Any] = {}
+    for rel, st in scan(db).files:
+        files[rel] = st
+    files[SQLITE_NAME] = ("hash", _hash_file(copy.dest), copy.dest.stat().st_size)
+    return views, files
+
+
+def _hash_file(path: Path) -> str:
+    h = blake3()
+    with path.open("rb") as fh:
+        while block := fh.read(4 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_diff(mgr: SnapshotManager, a: Any, b: Any) -> list[FileDiff]:
+    """Files that differ: snapshot entries by hash; live files by stat, then by hash."""
+    if isinstance(a, dict):  # keep the live side second
+        return [_flip(d) for d in _file_diff(mgr, b, a)]
+    fa = {f.path: f for f in a.files}
+    out: list[FileDiff] = []
+    if isinstance(b, Snapshot):
+        fb = {f.path: f for f in b.files}
+        for p in sorted(fa.keys() | fb.keys()):
+            x, y = fa.get(p), fb.get(p)
+            if x is None or y is None or x.hash != y.hash or x.size != y.size:
+                out.append(
+                    FileDiff(
+                        path=p,
+                        status="added" if x is None else "removed" if y is None else "changed",
+                        size_a=x.size if x else None,
+                        size_b=y.size if y else None,
+                    )
+                )
+        return out
+    db = mgr._need_db()
+    for p in sorted(fa.keys() | b.keys()):
+        x, st = fa.get(p), b.get(p)
+        if st is None:
+            out.append(FileDiff(path=p, status="removed", size_a=x.size if x else None))
+            continue
+        if not isinstance(st, os.stat_result):  # chroma.sqlite3: hashed from the private copy
+            size, same = st[2], x is not None and x.hash == st[1]
+        else:
+            size = st.st_size
+            same = x is not None and (x.size, x.mtime_ns, x.inode, x.ctime_ns) == (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+                st.st_ctime_ns,
+            )
+            if not same and x is not None and x.size == size and x.hash_kind == "content":
+                with contextlib.suppress(OSError):
+                    same = _hash_file(db / p) == x.hash
+        if x is None:
+            out.append(FileDiff(path=p, status="added", size_b=size))
+        elif not same:
+            out.append(FileDiff(path=p, status="changed", size_a=x.size, size_b=size))
+    return out
+
+
+def _flip(d: FileDiff) -> FileDiff:
+    status = {"added": "removed", "removed": "added"}.get(d.status, d.status)
+    return FileDiff(path=d.path, status=status, size_a=d.size_b, size_b=d.size_a)
+
+
+# --- diff -----------------------------------------------------------------------------------------
+
+
+def _fields(x: rx.Record, y: rx.Record, same_collection: bool) -> list[str]:
+    out = []
+    if x[2] != y[2]:
+        out.append("document")
+    if x[3] != y[3]:
+        out.append("metadata")
+    if not out and same_collection and x[1] != y[1]:
+        out.append("embedding")
+    return out
+
+
+def _collection_diff(
+    name: str, va: rx.CollectionView | None, vb: rx.CollectionView | None, want_ids: bool, limit: int
+) -> CollectionDiff:
+    ids = RecordIds() if want_ids else None
+
+    def note(kind: str, rid: str) -> None:
+        if ids is not None:
+            lst: list[str] = getattr(ids, kind)
+            if len(lst) < limit:
+                lst.append(rid)
+
+    if va is None or vb is None:
+        view = vb if va is None else va
+        assert view is not None
+        kind = "added" if va is None else "removed"
+        cd = CollectionDiff(
+            name=name,
+            status="created" if va is None else "dropped",
+            records_a=va.records if va else 0,
+            records_b=vb.records if vb else 0,
+        )
+        setattr(cd, kind, view.records)
+        if ids is not None:
+            for rec in view.all():
+                note(kind, rec[0])
+                if len(getattr(ids, kind)) >= limit:
+                    break
+        cd.ids = ids
+        return cd
+    same_collection = va.id == vb.id
+    skip = va.keys() & vb.keys() if same_collection else set()
+    left = {r[0]: r for r in va.all(skip)}
+    right = {r[0]: r for r in vb.all(skip)}
+    cd = CollectionDiff(name=name, status="same", records_a=va.records, records_b=vb.records)
+    fields: dict[str, int] = {}
+    for rid in sorted(left.keys() | right.keys()):
+        x, y = left.get(rid), right.get(rid)
+        if x is None:
+            cd.added += 1
+            note("added", rid)
+        elif y is None:
+            cd.removed += 1
+            note("removed", rid)
+        else:
+            changed = _fields(x, y, same_collection)
+            if changed:
+                cd.changed += 1
+                note("changed", rid)
+                for f in changed:
+                    fields[f] = fields.get(f, 0) + 1
+    cd.fields = fields
+    cd.ids = ids
+    if not same_collection:
+        cd.status = "recreated"
+    elif cd.added or cd.removed or cd.changed:
+        cd.status = "changed"
+    return cd
+
+
+def diff(mgr: SnapshotManager, a: str, b: str | None, want_ids: bool = False, limit: int = 100) -> DiffResult:
+    """What changed from snapshot `a` to snapshot `b` (default: the live database)."""
+    t0 = time.monotonic()
+    if limit < 0:
+        raise UsageError("--limit must be 0 or more")
+    source = rx.RecordSource(mgr.repo)
+    work = rx.private_dir(mgr.repo, "diff")
+    try:
+        la, va, fa = _side(mgr, a, source, work)
+        lb, vb, fb = _side(mgr, b or LIVE, source, work)
+        files = _file_diff(mgr, fa, fb)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    colls = [
+        _collection_diff(n, va.get(n), vb.get(n), want_ids, limit) for n in sorted(va.keys() | vb.keys())
+    ]
+    return DiffResult(
+        a=la,
+        b=lb,
+        collections=colls,
+        created=[c.name for c in colls if c.status == "created"],
+        dropped=[c.name for c in colls if c.status == "dropped"],
+        recreated=[c.name for c in colls if c.status == "recreated"],
+        files=files,
+        changed_bytes=sum(max(f.size_a or 0, f.size_b or 0) for f in files),
+        duration_s=time.monotonic() - t0,
+    )
+
+
+# --- find ------------------------------------------------------------------------------------------
+
+
+def find(mgr: SnapshotManager, record_id: str, collection: str | None = None) -> FindResult:
+    """Every snapshot holding `record_id` (in `collection`, or any), oldest first, with what
+    changed since the previous snapshot of the same database: appeared, changed, vanished."""
+    t0 = time.monotonic()
+    if not record_id:
+        raise UsageError("give a record id")
+    snaps = mgr.list()
+    source = rx.RecordSource(mgr.repo)
+    last: dict[tuple[str, str], tuple[rx.Record, str] | None] = {}
+    entries: list[FindEntry] = []
+    for snap in snaps:
+        views = rx.snapshot_views(mgr.repo, snap, source)
+        held = {n for (src, n), v in last.items() if src == snap.source and v is not None}
+        names = [collection] if collection else sorted(set(views) | held)
+        for name in names:
+            view = views.get(name)
+            rec = view.lookup(record_id) if view is not None else None
+            key = (snap.source, name)
+            prev = last.get(key)
+            if rec is None and prev is None:
+                continue
+            base = {
+                "snapshot": snap.id,
+                "created_at": snap.created_at.isoformat(),
+                "source": snap.source,
+                "collection": name,
+            }
+            if rec is None:
+                entries.append(FindEntry(**base, change="vanished"))
+                last[key] = None
+                continue
+            assert view is not None
+            fields = _fields(prev[0], rec, prev[1] == view.id) if prev is not None else []
+            if prev is not None and prev[1] != view.id and not fields and prev[0][1] != rec[1]:
+                fields = ["collection recreated"]
+            entries.append(
+                FindEntry(
+                    **base,
+                    change="appeared" if prev is None else "changed" if fields else "unchanged",
+                    seq_id=rec[1],
+                    fields=fields,
+                    document_hash=rec[2],
+                    metadata_hash=rec[3],
+                )
+            )
+            last[key] = (rec, view.id)
+    return FindResult(
+        id=record_id,
+        collection=collection,
+        snapshots=len(snaps),
+        entries=entries,
+        duration_s=time.monotonic() - t0,
+    )
+
+
+# --- peek ------------------------------------------------------------------------------------------
+
+
+def _metadata(con: sqlite3.Connection, rowids: list[int], tables: set[str]) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {i: {} for i in rowids}
+    marks = ",".join("?" * len(rowids))
+    for rid, key, sv, iv, fv, bv in con.execute(
+        "SELECT id, key, string_value, int_value, float_value, bool_value FROM embedding_metadata "
+        f"WHERE id IN ({marks}) ORDER BY id, key",
+        rowids,
+    ):
+        out[rid][key] = _value(sv, iv, fv, bv)
+    if "embedding_metadata_array" in tables:
+        for rid, key, sv, iv, fv, bv in con.execute(
+            "SELECT id, key, string_value, int_value, float_value, bool_value "
+            f"FROM embedding_metadata_array WHERE id IN ({marks}) ORDER BY id, key, rowid",
+            rowids,
+        ):
+            cur = out[rid].get(key)
+            if not isinstance(cur, list):
+                cur = out[rid][key] = []
+            cur.append(_value(sv, iv, fv, bv))
+    return out
+
+
+def _value(sv: Any, iv: Any, fv: Any, bv: Any) -> Any:
+    if sv is not None:
+        return sv
+    if bv is not None:
+        return bool(bv)
+    if iv is not None:
+        return iv
+    return fv
+
+
+def peek(
+    mgr: SnapshotManager, ref: str, collection: str, limit: int = 10, ids: list[str] | None = None
+) -> PeekResult:
+    """Records (id, document, metadata) of one collection of a snapshot, read with sqlite3
+    from a private copy of its chroma.sqlite3 (no chromadb)."""
+    if limit < 0:
+        raise UsageError("--limit must be 0 or more")
+    snap = mgr.get(ref)
+    work = rx.private_dir(mgr.repo, "peek")
+    try:
+        path = rx.materialize_sqlite(mgr.repo, snap, work)
+        con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        try:
+            return _peek(con, snap, collection, limit, ids)
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _peek(
+    con: sqlite3.Connection, snap: Snapshot, collection: str, limit: int, ids: list[str] | None
+) -> PeekResult:
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    row = con.execute(
+        "SELECT s.id FROM collections c JOIN segments s ON s.collection = c.id AND s.scope = 'METADATA' "
+        "WHERE c.name = ?",
+        (collection,),
+    ).fetchone()
+    if row is None:
+        _no_collection(snap, collection, [r[0] for r in con.execute("SELECT name FROM collections")])
+    seg = row[0]
+    (total,) = con.execute("SELECT count(*) FROM embeddings WHERE segment_id = ?", (seg,)).fetchone()
+    if ids:
+        marks = ",".join("?" * len(ids))
+        rows = con.execute(
+            f"SELECT id, embedding_id FROM embeddings WHERE segment_id = ? AND embedding_id IN ({marks}) "
+            "ORDER BY id",
+            (seg, *ids),
+        ).fetchall()
+    else:
+        rows = con.execute(
+            "SELECT id, embedding_id FROM embeddings WHERE segment_id = ? ORDER BY id LIMIT ?", (seg, limit)
+        ).fetchall()
+    meta = _metadata(con, [r[0] for r in rows], tables) if rows else {}
+    out = []
+    for rowid, rid in rows:
+        m = meta.get(rowid, {})
+        doc = m.pop("chroma:document", None)
+        m = {k: v for k, v in m.items() if not k.startswith("chroma:")}
+        out.append(PeekRecord(id=rid, document=doc, metadata=m or None))
+    found = {r.id for r in out}
+    return PeekResult(
+        snapshot=snap.id,
+        collection=collection,
+        total=int(total),
+        records=out,
+        missing=[i for i in (ids or []) if i not in found],
+    )
+
+
+# --- export and restore through chromadb in a child -----------------------------------------------
+
+
+def _run_child(python: str | None, args: list[str], timeout: float | None) -> dict[str, Any]:
+    from . import collection_child
+
+    interpreter = python or sys.executable
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = subprocess.Popen(
+            [interpreter, collection_child.__file__, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot start {interpreter}: {exc.strerror or exc}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, 9)
+        proc.wait()
+        if isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+            raise ChromasnapError(f"chromadb did not finish within {timeout:g} s") from None
+        raise
+    line = next((x for x in reversed(out.splitlines()) if x.startswith(collection_child.MARK)), None)
+    if proc.returncode is not None and proc.returncode < 0:
+        import signal
+
+        raise ChromasnapError(f"chromadb killed its process with {signal.Signals(-proc.returncode).name}")
+    if line is None:
+        tail = (err or "").strip().splitlines()
+        raise ChromasnapError(
+            f"chromadb exited with {proc.returncode} and no report" + (f": {tail[-1]}" if tail else "")
+        )
+    report: dict[str, Any] = json.loads(line[len(collection_child.MARK) :])
+    if "error" in report:
+        cls = UsageError if report.get("refused") else ChromasnapError
+        raise cls(str(report["error"]))
+    return report
+
+
+def _collection_of(snap: Snapshot, collection: str) -> None:
+    names = [c.name for c in snap.wal.collections]
+    if collection not in names:
+        _no_collection(snap, collection, names)
+
+
+def _no_collection(snap: Snapshot, collection: str, names: list[str]) -> NoReturn:
+    have = ", ".join(sorted(names)) or "none"
+    raise UsageError(f"snapshot {snap.short_id} has no collection {collection!r} (it has: {have})")
+
+
+def export(
+    mgr: SnapshotManager,
+    ref: str,
+    collection: str,
+    out: str | os.PathLike[str],
+    python: str | None = None,
+    timeout: float | None = None,
+) -> ExportResult:
+    """Write one collection of a snapshot as JSON lines (id, document, metadata, embedding),
+    streamed in batches by chromadb in a child; the file appears complete or not at all."""
+    from .extract import extract
+    from .fsutil import commit_file, temp_name
+
+    t0 = time.monotonic()
+    snap = mgr.get(ref)
+    _collection_of(snap, collection)
+    dest = Path(os.path.abspath(out))
+    if dest.is_dir():
+        raise UsageError(f"{dest} is a directory; give a file name")
+    if not dest.parent.is_dir():
+        raise UsageError(f"{dest.parent} does not exist")
+    work = rx.private_dir(mgr.repo, "export")
+    tmp = temp_name(dest)
+    try:
+        db = extract(mgr.repo, snap, work / "db", durable=False)
+        report = _run_child(python, ["export", str(db), collection, str(tmp)], timeout)
+        commit_file(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return ExportResult(
+        snapshot=snap.id,
+        collection=collection,
+        out=str(dest),
+        records=int(report["records"]),
+        bytes=dest.stat().st_size,
+        space=report.get("space"),
+        metadata=report.get("metadata"),
+        duration_s=time.monotonic() - t0,
+    )
+
+
+def restore_collection(
+    mgr: SnapshotManager,
+    ref: str,
+    collection: str,
+    as_name: str | None = None,
+    replace: bool = False,
+    force: bool = False,
+    python: str | None = None,
+    timeout: float | None = None,
+) -> CollectionRestoreResult:
+    """Bring one collection of a snapshot back into the live database (see
+    `SnapshotManager.restore_collection`)."""
+    from .extract import extract
+    from .guard import open_by
+    from .manager import check_database
+
+    t0 = time.monotonic()
+    db = mgr._need_db()
+    check_database(db)
+    snap = mgr.get(ref)
+    _collection_of(snap, collection)
+    target = as_name or collection
+    _check_name(target)
+    if not force:
+        holders = open_by(db)
+        if holders:
+            pid, cmd = holders[0]
+            raise UsageError(f"pid {pid} ({cmd}) has files of {db} open; stop it first, or use --force")
+    work = rx.private_dir(mgr.repo, "restore-collection")
+    try:
+        if not replace and target in _live_collections(db, work):  # before any snapshot is taken
+            raise UsageError(f"collection {target} exists in {db}; give --replace or --as NEW_NAME")
+        src = extract(mgr.repo, snap, work / "db", durable=False)
+        with mgr.before_write(
+            reason=f"restore collection {collection} from {snap.short_id}", snapshot_reason="pre-restore"
+        ) as pre:
+            args = ["restore", str(src), str(db), collection, "--as", target]
+            report = _run_child(python, [*args, "--replace"] if replace else args, timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return CollectionRestoreResult(
+        snapshot=snap.id,
+        collection=collection,
+        target=target,
+        replaced=bool(report["replaced"]),
+        records=int(report["records"]),
+        exact_embeddings=int(report["exact_embeddings"]),
+        space=report.get("space"),
+        pre_restore=pre.id,
+        duration_s=time.monotonic() - t0,
+    )
+
+
+def _live_collections(db: Path, work: Path) -> set[str]:
+    """Collection names of the live database, read from a private copy of chroma.sqlite3
+    (made by a child under SQLite's read lock; the live file is never opened here)."""
+    from .capture import copy_sqlite
+
+    copy = work / "names.sqlite3"
+    copy_sqlite(db / "chroma.sqlite3", copy)
+    try:
+        con = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True)
+        try:
+            return {str(r[0]) for r in con.execute("SELECT name FROM collections")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return set()
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def _check_name(name: str) -> None:
+    """Chroma's collection name rule: 3-512 of [a-zA-Z0-9._-], alphanumeric at both ends."""
+    ok = (
+        3 <= len(name) <= 512
+        and all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+        and name[0].isalnum()
+        and name[-1].isalnum()
+        and ".." not in name
+    )
+    if not ok:
+        raise UsageError(
+            f"invalid collection name {name!r}: 3-512 characters from [a-zA-Z0-9._-], "
+            "starting and ending with a letter or digit"
+        )

@@ -1,0 +1,309 @@
+"""Browsing and single-collection restore: diff, find, peek, export, restore --collection,
+on real databases changed by real chromadb in child processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from chromasnap.manifest import snapshot_id
+from chromasnap.snapshots import SnapshotManager, UsageError
+from chromasnap.snapshots.pack import pack_name
+from chromasnap.snapshots.records import load_index
+from conftest import counts, run_sample
+
+CLI = [sys.executable, "-m", "chromasnap.cli"]
+
+
+def chroma(db: Path, code: str, python: str = sys.executable) -> str:
+    """Run `code` in a child with `client` opened on `db` (chromadb never loads in the tests)."""
+    head = (
+        "import json, chromadb, numpy as np\n"
+        "from chromadb.config import Settings\n"
+        f"client = chromadb.PersistentClient(path={str(db)!r},\n"
+        "    settings=Settings(anonymized_telemetry=False))\n"
+    )
+    proc = subprocess.run(
+        [python, "-c", head + textwrap.dedent(code)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def records_of(db: Path, name: str, python: str = sys.executable) -> dict[str, object]:
+    """Every record of a collection as chromadb returns it, embeddings as float32 bytes (hex)."""
+    out = chroma(
+        db,
+        f"""
+        col = client.get_collection({name!r}, embedding_function=None)
+        got = col.get(include=["documents", "metadatas", "embeddings"])
+        recs = {{}}
+        for i, rid in enumerate(got["ids"]):
+            emb = np.asarray(got["embeddings"][i], dtype=np.float32).tobytes().hex()
+            recs[rid] = [got["documents"][i], got["metadatas"][i], emb]
+        print(json.dumps({{"records": recs, "metadata": col.metadata,
+                          "configuration": getattr(col, "configuration_json", None)}}, default=str))
+        """,
+        python,
+    )
+    data: dict[str, object] = json.loads(out)
+    return data
+
+
+CHANGES = """
+col = client.get_collection("coll0", embedding_function=None)
+col.add(ids=["new-1", "new-2"], embeddings=np.ones((2, 384), dtype=np.float32), documents=["a", "b"])
+col.delete(ids=["coll0-3"])
+col.update(ids=["coll0-4"], documents=["changed doc"], embeddings=np.ones((1, 384), dtype=np.float32))
+col.update(ids=["coll0-5"], metadatas=[{"n": 99}])
+col.update(ids=["coll0-6"], embeddings=np.full((1, 384), 2.0, dtype=np.float32))
+client.delete_collection("coll1")
+new = client.create_collection("coll2", embedding_function=None)
+new.add(ids=["z1", "z2"], embeddings=np.ones((2, 384), dtype=np.float32))
+"""
+
+
+def test_diff_find_peek_report_exactly_the_changes(db: Path, tmp_path: Path) -> None:
+    mgr = SnapshotManager(db, tmp_path / "store")
+    a = mgr.snapshot()
+    assert a.records is not None
+    chroma(db, CHANGES)
+
+    live = mgr.diff(a.id, ids=True)  # against the live database, before any snapshot of it
+    b = mgr.snapshot()
+    for d in (live, mgr.diff(a.id, b.id, ids=True)):
+        by = {c.name: c for c in d.collections}
+        c0 = by["coll0"]
+        assert (c0.status, c0.added, c0.removed, c0.changed) == ("changed", 2, 1, 3)
+        assert c0.ids is not None
+        assert sorted(c0.ids.added) == ["new-1", "new-2"]
+        assert c0.ids.removed == ["coll0-3"]
+        assert sorted(c0.ids.changed) == ["coll0-4", "coll0-5", "coll0-6"]
+        assert c0.fields == {"document": 1, "metadata": 1, "embedding": 1}
+        assert d.dropped == ["coll1"] and by["coll1"].removed == 300
+        assert d.created == ["coll2"] and by["coll2"].added == 2
+        assert d.recreated == []
+        assert any(f.path == "chroma.sqlite3" and f.status == "changed" for f in d.files)
+    assert live.b == "live"
+    assert mgr.diff(b.id).identical  # nothing changed since b
+
+    # unchanged runs of ids are stored once: most record chunks are shared with a
+    ka, kb = (
+        {c.key for coll in load_index(mgr.repo, s.records).collections for c in coll.chunks}  # type: ignore[arg-type]
+        for s in (a, b)
+    )
+    assert len(ka & kb) > len(kb) // 2
+
+    # a collection dropped and recreated under the same name
+    chroma(
+        db,
+        """
+        client.delete_collection("coll2")
+        client.create_collection("coll2", embedding_function=None).add(
+            ids=["z1", "z3"], embeddings=np.ones((2, 384), dtype=np.float32), documents=["d1", "d3"])
+        """,
+    )
+    c = mgr.snapshot()
+    d = mgr.diff(b.id, c.id, ids=True)
+    assert d.recreated == ["coll2"] and d.created == [] and d.dropped == []
+    c2 = {x.name: x for x in d.collections}["coll2"]
+    assert c2.ids is not None
+    assert (c2.ids.added, c2.ids.removed, c2.ids.changed) == (["z3"], ["z2"], ["z1"])
+    assert c2.fields == {"document": 1}
+
+    # find: when each record appeared, changed, vanished
+    f = mgr.find("coll0-4")
+    assert [(e.snapshot, e.change, e.fields) for e in f.entries] == [
+        (a.id, "appeared", []),
+        (b.id, "changed", ["document"]),
+        (c.id, "unchanged", []),
+    ]
+    assert [e.change for e in mgr.find("coll0-3").entries] == ["appeared", "vanished"]
+    assert [e.change for e in mgr.find("coll0-6", "coll0").entries][:2] == ["appeared", "changed"]
+    assert mgr.find("coll0-6", "coll0").entries[1].fields == ["embedding"]
+    assert [e.change for e in mgr.find("coll1-7").entries] == ["appeared", "vanished"]
+    assert mgr.find("no-such-id").entries == []
+    assert mgr.find("coll0-4", collection="coll1").entries == []
+
+    # peek: documents and metadata as they were in each snapshot, no chromadb
+    pa = mgr.peek(a.id, "coll0", ids=["coll0-4", "coll0-5", "nope"])
+    pb = mgr.peek(b.id, "coll0", ids=["coll0-4", "coll0-5"])
+    assert pa.missing == ["nope"] and pa.total == 2500 and pb.total == 2501
+    assert {r.id: r.document for r in pb.records}["coll0-4"] == "changed doc"
+    assert {r.id: r.document for r in pa.records}["coll0-4"] != "changed doc"
+    meta_a = {r.id: r.metadata for r in pa.records}["coll0-5"]
+    meta_b = {r.id: r.metadata for r in pb.records}["coll0-5"]
+    assert meta_a is not None and meta_b is not None
+    assert meta_a["n"] == 5 and meta_b["n"] == 99 and meta_a["topic"] == meta_b["topic"]
+    assert len(mgr.peek(a.id, "coll1", limit=3).records) == 3
+    with pytest.raises(UsageError, match="no collection"):
+        mgr.peek(b.id, "coll1")
+
+
+def test_restore_collection_brings_back_exact_records(db: Path, tmp_path: Path) -> None:
+    mgr = SnapshotManager(db, tmp_path / "store")
+    snap = mgr.snapshot()
+    before = records_of(db, "coll1")
+    before0 = records_of(db, "coll0")
+    chroma(
+        db,
+        """
+        client.delete_collection("coll1")
+        client.get_collection("coll0", embedding_function=None).add(
+            ids=["later-1"], embeddings=np.ones((1, 384), dtype=np.float32), documents=["later"])
+        """,
+    )
+    res = mgr.restore_collection(snap.id, "coll1")
+    assert (res.records, res.exact_embeddings, res.replaced, res.target) == (300, 300, False, "coll1")
+    assert mgr.get(res.pre_restore or "").reason == "pre-restore"  # type: ignore[arg-type]
+    assert not mgr.backend.list("intents")
+    after = records_of(db, "coll1")
+    assert after["records"] == before["records"]  # ids, documents, metadata, embedding bits
+    assert after["metadata"] == before["metadata"]
+    assert after["configuration"] == before["configuration"]
+    assert counts(db) == {"coll0": 2501, "coll1": 300}  # coll0 keeps its newer record
+    assert mgr.health().healthy  # opens, counts, and sampled records find themselves
+
+    # an existing name is refused, --as restores beside it, --replace swaps it
+    with pytest.raises(UsageError, match="exists"):
+        mgr.restore_collection(snap.id, "coll0")
+    copy = mgr.restore_collection(snap.id, "coll0", as_name="coll0-copy")
+    assert copy.exact_embeddings == copy.records == 2500
+    assert records_of(db, "coll0-copy")["records"] == before0["records"]
+    rep = mgr.restore_collection(snap.id, "coll0", replace=True)
+    assert rep.replaced and records_of(db, "coll0")["records"] == before0["records"]
+    assert counts(db) == {"coll0": 2500, "coll0-copy": 2500, "coll1": 300}
+    with pytest.raises(UsageError, match="no collection"):
+        mgr.restore_collection(snap.id, "nope")
+    with pytest.raises(UsageError, match="invalid collection name"):
+        mgr.restore_collection(snap.id, "coll1", as_name="x")
+
+
+def test_export_writes_every_record_as_json_lines(db: Path, tmp_path: Path) -> None:
+    mgr = SnapshotManager(db, tmp_path / "store")
+    snap = mgr.snapshot()
+    expected = records_of(db, "coll1")["records"]
+    out = tmp_path / "coll1.jsonl"
+    res = mgr.export(snap.id, "coll1", out)
+    lines = out.read_text().splitlines()
+    assert res.records == len(lines) == 300 and res.space == "cosine"
+    import numpy as np
+
+    got = {}
+    for line in lines:
+        r = json.loads(line)
+        got[r["id"]] = [r["document"], r["metadata"], np.asarray(r["embedding"], np.float32).tobytes().hex()]
+    assert got == expected
+    with pytest.raises(UsageError):
+        mgr.export(snap.id, "nope", tmp_path / "none.jsonl")
+    assert not (tmp_path / "none.jsonl").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_prune_keeps_record_indexes_and_old_snapshots_fall_back(db: Path, tmp_path: Path) -> None:
+    from chromasnap.manifest import RetentionPolicy
+
+    mgr = SnapshotManager(db, tmp_path / "store")
+    mgr.snapshot()
+    run_sample("grow", str(db), "--fraction", "0.02")
+    b = mgr.snapshot()
+    mgr.prune(RetentionPolicy(keep_last=1))
+    assert [s.id for s in mgr.list()] == [b.id]
+    assert mgr.verify(b.id, quick=True).ok
+    assert mgr.diff(b.id).identical  # b's chunks, shared with pruned a, are still there
+
+    # a snapshot taken before record indexes existed (format 1): computed on the fly
+    old = b.model_copy(update={"records": None, "format_version": 1})
+    old.id = snapshot_id(old)
+    mgr.repo.save_snapshot(old)
+    mgr.repo.catalog_add(old.id)
+    assert mgr.diff(old.id, b.id).collections == mgr.diff(b.id, b.id).collections
+    assert {e.snapshot for e in mgr.find("coll1-7").entries} == {old.id, b.id}
+
+
+def test_damaged_record_index_is_reported(db: Path, tmp_path: Path) -> None:
+    mgr = SnapshotManager(db, tmp_path / "store")
+    snap = mgr.snapshot()
+    index = load_index(mgr.repo, snap.records)  # type: ignore[arg-type]
+    key = index.collections[0].chunks[0].key
+    loc = mgr.repo.index()[key]
+    pack = tmp_path / "store" / pack_name(loc.pack)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 0xFF
+    pack.chmod(0o600)
+    pack.write_bytes(bytes(raw))
+    report = mgr.verify(snap.id, quick=True)
+    assert not report.ok and "record index" in report.detail
+
+
+def test_cli_browse_commands(db: Path, tmp_path: Path) -> None:
+    env_args = ["--db", str(db), "--store", str(tmp_path / "store")]
+    mgr = SnapshotManager(db, tmp_path / "store")
+    a = mgr.snapshot()
+    chroma(db, 'client.get_collection("coll1", embedding_function=None).delete(ids=["coll1-1"])')
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args, *env_args], capture_output=True, text=True, timeout=600, check=False
+        )
+
+    d = cli("diff", a.short_id, "--json", "--ids")
+    assert d.returncode == 0, d.stderr
+    data = json.loads(d.stdout)
+    c1 = {c["name"]: c for c in data["collections"]}["coll1"]
+    assert (c1["removed"], c1["ids"]["removed"]) == (1, ["coll1-1"])
+    assert set(data) >= {"collections", "created", "dropped"}
+    assert "coll1: +0 -1 ~0" in cli("diff", a.short_id).stdout
+
+    f = cli("find", "coll1-1", "--json")
+    assert f.returncode == 0 and [e["change"] for e in json.loads(f.stdout)["entries"]] == ["appeared"]
+    assert cli("find", "nothing-here").returncode == 1
+
+    p = cli("peek", "latest", "coll1", "--id", "coll1-1", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["records"][0]["id"] == "coll1-1"
+    bad = cli("peek", "latest", "nope")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+    r = cli("restore", "latest", "--collection", "coll1", "--json")
+    assert r.returncode == 2 and "exists" in r.stderr  # coll1 is still there (one record less)
+    assert [s.id for s in mgr.list()] == [a.id]  # refused before taking any snapshot
+    r = cli("restore", "latest", "--collection", "coll1", "--replace", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["records"] == 300
+    assert counts(db)["coll1"] == 300
+    assert cli("restore", "latest", "--as", "x").returncode == 2
+
+    e = cli("export", a.short_id, "coll1", "--out", str(tmp_path / "c.jsonl"), "--json")
+    assert e.returncode == 0 and json.loads(e.stdout)["records"] == 300
+
+
+@pytest.mark.slow
+def test_database_written_by_chromadb_1_0(old_python: str, tmp_path: Path) -> None:
+    db = tmp_path / "old"
+    run_sample("build", str(db), "--records", "1500", "200", python=old_python)
+    mgr = SnapshotManager(db, tmp_path / "store")
+    a = mgr.snapshot()
+    before = records_of(db, "coll1", old_python)
+    chroma(
+        db,
+        """
+        client.delete_collection("coll1")
+        col = client.get_collection("coll0", embedding_function=None)
+        col.update(ids=["coll0-2"], documents=["new text"], embeddings=np.ones((1, 384), dtype=np.float32))
+        """,
+        old_python,
+    )
+    d = mgr.diff(a.id, ids=True)
+    by = {c.name: c for c in d.collections}
+    assert d.dropped == ["coll1"] and by["coll0"].ids is not None and by["coll0"].ids.changed == ["coll0-2"]
+    assert [e.change for e in mgr.find("coll0-2").entries] == ["appeared"]
+    assert mgr.peek(a.id, "coll0", ids=["coll0-2"]).records[0].document != "new text"
+    res = mgr.restore_collection(a.id, "coll1", python=old_python)
+    assert res.exact_embeddings == res.records == 200
+    assert records_of(db, "coll1", old_python)["records"] == before["records"]
+    assert counts(db, python=old_python) == {"coll0": 1500, "coll1": 200}
