@@ -179,6 +179,8 @@ def _hash_file(path: Path) -> str:
 
 def _file_diff(mgr: SnapshotManager, a: Any, b: Any) -> list[FileDiff]:
     """Files that differ: snapshot entries by hash; live files by stat, then by hash."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return []  # the live database against itself
     if isinstance(a, dict):  # keep the live side second
         return [_flip(d) for d in _file_diff(mgr, b, a)]
     fa = {f.path: f for f in a.files}
