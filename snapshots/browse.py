@@ -514,21 +514,36 @@ def _run_child(python: str | None, args: list[str], timeout: float | None) -> di
         if isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
             raise ChromasnapError(f"chromadb did not finish within {timeout:g} s") from None
         raise
-    line = next((x for x in reversed(out.splitlines()) if x.startswith(collection_child.MARK)), None)
+    lines = out.splitlines()
+    line = next((x for x in reversed(lines) if x.startswith(collection_child.MARK)), None)
+    checked = next((x for x in lines if x.startswith(collection_child.CHECKED)), None)
+    partial = json.loads(checked[len(collection_child.CHECKED) :]) if checked else None
     if proc.returncode is not None and proc.returncode < 0:
         import signal
 
-        raise ChromasnapError(f"chromadb killed its process with {signal.Signals(-proc.returncode).name}")
+        name = signal.Signals(-proc.returncode).name
+        raise ChildFailed(f"chromadb's process was killed by {name}", partial)
     if line is None:
         tail = (err or "").strip().splitlines()
-        raise ChromasnapError(
-            f"chromadb exited with {proc.returncode} and no report" + (f": {tail[-1]}" if tail else "")
+        raise ChildFailed(
+            f"chromadb exited with {proc.returncode} and no report" + (f": {tail[-1]}" if tail else ""),
+            partial,
         )
     report: dict[str, Any] = json.loads(line[len(collection_child.MARK) :])
     if "error" in report:
-        cls = UsageError if report.get("refused") else ChromasnapError
-        raise cls(str(report["error"]))
+        if report.get("refused"):
+            raise UsageError(str(report["error"]))
+        raise ChildFailed(str(report["error"]), partial)
     return report
+
+
+class ChildFailed(ChromasnapError):
+    """The chromadb child failed; `checked` is its report if it had finished and checked
+    the restored collection (under its temporary name) before it was lost."""
+
+    def __init__(self, message: str, checked: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.checked = checked
 
 
 def _collection_of(snap: Snapshot, collection: str) -> None:
@@ -617,11 +632,19 @@ def restore_collection(
         if not replace and target in _live_collections(db, work):  # before any snapshot is taken
             raise UsageError(f"collection {target} exists in {db}; give --replace or --as NEW_NAME")
         src = extract(mgr.repo, snap, work / "db", durable=False)
+        temp = f"{target[:480]}-restore-{os.urandom(4).hex()}"
         with mgr.before_write(
             reason=f"restore collection {collection} from {snap.short_id}", snapshot_reason="pre-restore"
         ) as pre:
-            args = ["restore", str(src), str(db), collection, "--as", target]
-            report = _run_child(python, [*args, "--replace"] if replace else args, timeout)
+            args = ["restore", str(src), str(db), collection, "--as", target, "--temp", temp]
+            try:
+                report = _run_child(python, [*args, "--replace"] if replace else args, timeout)
+            except ChildFailed as exc:
+                if exc.checked is None:  # it died before the new collection was complete
+                    raise ChromasnapError(f"{exc}; {_drop_temp(python, db, temp)}") from None
+                # complete and checked under its temporary name: finish the swap
+                _run_child(python, ["finish", str(db), temp, target], 600)
+                report = exc.checked
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return CollectionRestoreResult(
@@ -635,6 +658,17 @@ def restore_collection(
         pre_restore=pre.id,
         duration_s=time.monotonic() - t0,
     )
+
+
+def _drop_temp(python: str | None, db: Path, temp: str) -> str:
+    """After a failed child: drop the partial collection it may have left; says what it did.
+    The collection being restored or replaced was not touched before the child's last step."""
+    try:
+        done = _run_child(python, ["drop", str(db), temp], 600)
+    except ChromasnapError as exc:
+        return f"could not drop the partial collection {temp} ({exc}); drop it, or run `chromasnap recover`"
+    gone = "dropped the partial collection" if done.get("dropped") else "no partial collection was left"
+    return f"{gone} ({temp}); the database is otherwise as before"
 
 
 def _live_collections(db: Path, work: Path) -> set[str]:

@@ -5,7 +5,9 @@ Runs as a throwaway child process under any interpreter with chromadb (1.0.x or 
 and numpy; it imports nothing from chromasnap, so a Rust panic kills only this process.
 
     python collection_child.py export SRC NAME OUT [--batch N]
-    python collection_child.py restore SRC DST NAME --as TARGET [--replace] [--batch N]
+    python collection_child.py restore SRC DST NAME --as TARGET --temp TEMP [--replace] [--batch N]
+    python collection_child.py drop DST NAME
+    python collection_child.py finish DST TEMP TARGET
 
 Restore adds the records to a new collection under a temporary name, checks them, and
 only then drops the collection it replaces (with --replace) and renames the new one, so
@@ -29,10 +31,26 @@ import time
 from typing import Any
 
 MARK = "CHROMASNAP-COLLECTION "
+CHECKED = "CHROMASNAP-COLLECTION-CHECKED "
+"""Printed once the collection under its temporary name is complete and checked: a
+parent that sees it and then loses this process finishes the swap with `finish`."""
 
 
 class Refused(Exception):
     """The restore would overwrite something (exit 3)."""
+
+
+def _crash_point(name: str) -> None:
+    """Test seam (CHROMASNAP_CRASH_AT=name): die here by SIGKILL as a crash would; with
+    `parent:name`, take the chromasnap process that started this one down first, as a
+    crash of the machine or an OOM kill of the service would."""
+    import signal
+
+    at = os.environ.get("CHROMASNAP_CRASH_AT", "")
+    if at in (name, f"parent:{name}"):
+        if at.startswith("parent:"):
+            os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _client(path: str) -> Any:
@@ -127,15 +145,19 @@ def exact_inputs(target: Any, span: int = 2, lengths: int = 3) -> Any:
         best, got = near.copy(), complete & (_stored(near)[0] == ln)
         # move a prefix of components to their larger (or smaller) valid choice until the
         # float32 length lands exactly: the length grows with the prefix
+        rest = np.where(complete & ~got)[0]
         for alt, grow in ((bigger, True), (smaller, False)):
-            a, b = np.zeros(len(left), int), np.full(len(left), dim)
+            a, b = np.zeros(len(rest), int), np.full(len(rest), dim)
             for _ in range(int(np.ceil(np.log2(dim + 1))) + 1):
+                if not len(rest):
+                    break
                 mid = (a + b) // 2
-                trial = np.where(np.arange(dim)[None, :] < mid[:, None], alt, near)
+                trial = np.where(np.arange(dim)[None, :] < mid[:, None], alt[rest], near[rest])
                 tl = _stored(trial)[0]
-                hit = complete & (tl == ln) & ~got
-                best[hit], got = trial[hit], got | hit
-                more = tl < ln if grow else tl > ln
+                hit = (tl == ln[rest]) & ~got[rest]
+                best[rest[hit]] = trial[hit]
+                got[rest[hit]] = True
+                more = tl < ln[rest] if grow else tl > ln[rest]
                 a, b = np.where(more, mid + 1, a), np.where(more, b, mid)
         y[todo[left[got]]] = best[got]
         left = left[~got]
@@ -217,7 +239,9 @@ def _create_like(client: Any, source: Any, name: str) -> Any:
     return client.create_collection(name, metadata=meta, configuration=cfg, embedding_function=None)
 
 
-def restore(src: str, dst: str, name: str, target: str, replace: bool, batch: int) -> dict[str, Any]:
+def restore(
+    src: str, dst: str, name: str, target: str, temp: str, replace: bool, batch: int
+) -> dict[str, Any]:
     import numpy as np
 
     t0 = time.monotonic()
@@ -226,9 +250,6 @@ def restore(src: str, dst: str, name: str, target: str, replace: bool, batch: in
     existing = {c.name if hasattr(c, "name") else str(c) for c in client.list_collections()}
     if target in existing and not replace:
         raise Refused(f"collection {target} exists in the database; give --replace or --as NEW_NAME")
-    temp = f"{target}-restore-{os.urandom(4).hex()}"
-    if len(temp) > 512:
-        temp = f"{target[:480]}-restore-{os.urandom(4).hex()}"
     col = _create_like(client, source, temp)
     cosine = _space(source) == "cosine"
     expected: dict[str, bytes] = {}
@@ -245,6 +266,7 @@ def restore(src: str, dst: str, name: str, target: str, replace: bool, batch: in
                 solve_s += time.monotonic() - t
             _add(col, page["ids"], embs, page["documents"], page["metadatas"])
             n += len(page["ids"])
+            _crash_point("collection-adding")
         if col.count() != n or n != source.count():
             raise RuntimeError(f"restored {col.count()} records of {source.count()}")
         inexact = 0
@@ -256,19 +278,43 @@ def restore(src: str, dst: str, name: str, target: str, replace: bool, batch: in
     except BaseException:
         client.delete_collection(temp)  # the target name was never touched
         raise
-    replaced = target in existing
-    if replaced:
-        client.delete_collection(target)
-    col.modify(name=target)
-    return {
+    report = {
         "records": n,
         "target": target,
-        "replaced": replaced,
+        "replaced": target in existing,
         "space": _space(source),
         "exact_embeddings": n - inexact,
         "solve_s": round(solve_s, 3),
-        "duration_s": round(time.monotonic() - t0, 3),
     }
+    sys.stdout.write(CHECKED + json.dumps(report) + "\n")
+    sys.stdout.flush()
+    _crash_point("collection-added")
+    finish(dst, temp, target, client)
+    report["duration_s"] = round(time.monotonic() - t0, 3)
+    return report
+
+
+def finish(dst: str, temp: str, target: str, client: Any = None) -> dict[str, Any]:
+    """Put the complete collection `temp` in place of `target`: drop `target` if it exists,
+    then rename. Run again after a crash, it completes whichever step is left."""
+    client = client or _client(dst)
+    names = {c.name if hasattr(c, "name") else str(c) for c in client.list_collections()}
+    if temp not in names:
+        return {"finished": target in names}
+    if target in names:
+        client.delete_collection(target)
+        _crash_point("collection-dropped")
+    client.get_collection(temp, embedding_function=None).modify(name=target)
+    return {"finished": True}
+
+
+def drop(dst: str, name: str) -> dict[str, Any]:
+    """Drop a collection if it exists (what a failed restore left under its temporary name)."""
+    client = _client(dst)
+    names = {c.name if hasattr(c, "name") else str(c) for c in client.list_collections()}
+    if name in names:
+        client.delete_collection(name)
+    return {"dropped": name in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,14 +330,26 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("dst")
     r.add_argument("name")
     r.add_argument("--as", dest="target", required=True)
+    r.add_argument("--temp", required=True)
     r.add_argument("--replace", action="store_true")
     r.add_argument("--batch", type=int, default=2000)
+    d = sub.add_parser("drop")
+    d.add_argument("dst")
+    d.add_argument("name")
+    f = sub.add_parser("finish")
+    f.add_argument("dst")
+    f.add_argument("temp")
+    f.add_argument("target")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "export":
             report = export(a.src, a.name, a.out, a.batch)
+        elif a.cmd == "drop":
+            report = drop(a.dst, a.name)
+        elif a.cmd == "finish":
+            report = finish(a.dst, a.temp, a.target)
         else:
-            report = restore(a.src, a.dst, a.name, a.target, a.replace, a.batch)
+            report = restore(a.src, a.dst, a.name, a.target, a.temp, a.replace, a.batch)
     except Refused as exc:
         sys.stdout.write(MARK + json.dumps({"error": str(exc), "refused": True}) + "\n")
         return 3

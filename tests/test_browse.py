@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chromasnap.manifest import snapshot_id
-from chromasnap.snapshots import SnapshotManager, UsageError
+from chromasnap.snapshots import ChromasnapError, SnapshotManager, UsageError
 from chromasnap.snapshots.pack import pack_name
 from chromasnap.snapshots.records import load_index
 from conftest import counts, run_sample
@@ -182,6 +182,67 @@ def test_restore_collection_brings_back_exact_records(db: Path, tmp_path: Path) 
         mgr.restore_collection(snap.id, "nope")
     with pytest.raises(UsageError, match="invalid collection name"):
         mgr.restore_collection(snap.id, "coll1", as_name="x")
+
+
+@pytest.mark.parametrize("point", ["collection-adding", "collection-added", "collection-dropped"])
+def test_restore_collection_child_killed_at_each_step(
+    db: Path, tmp_path: Path, point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL of the chromadb child at each step, injected at its crash seam
+    (CHROMASNAP_CRASH_AT): before the new collection is complete the parent drops it and the
+    database is as before; after, the parent finishes the swap."""
+    mgr = SnapshotManager(db, tmp_path / "store")
+    snap = mgr.snapshot()
+    full = records_of(db, "coll1")["records"]
+    chroma(db, 'client.get_collection("coll1", embedding_function=None).delete(ids=["coll1-1"])')
+    cut = records_of(db, "coll1")["records"]
+    monkeypatch.setenv("CHROMASNAP_CRASH_AT", point)
+    if point == "collection-adding":
+        with pytest.raises(ChromasnapError, match="dropped the partial collection"):
+            mgr.restore_collection(snap.id, "coll1", replace=True)
+        assert records_of(db, "coll1")["records"] == cut
+    else:
+        res = mgr.restore_collection(snap.id, "coll1", replace=True)
+        assert res.replaced and res.records == res.exact_embeddings == 300
+        assert records_of(db, "coll1")["records"] == full
+    monkeypatch.delenv("CHROMASNAP_CRASH_AT")
+    assert sorted(counts(db)) == ["coll0", "coll1"]  # no temporary collection is left
+    assert not mgr.backend.list("intents")
+
+
+@pytest.mark.parametrize("point", ["collection-added", "collection-dropped"])
+def test_restore_collection_killed_with_its_process_is_rolled_back(
+    db: Path, tmp_path: Path, point: str
+) -> None:
+    """The whole chromasnap process dies mid-restore (the child's seam kills its parent,
+    then itself): the write intent stays, and `recover` puts back the pre-restore state."""
+    import os
+
+    store = tmp_path / "store"
+    mgr = SnapshotManager(db, store)
+    snap = mgr.snapshot()
+    chroma(db, 'client.get_collection("coll1", embedding_function=None).delete(ids=["coll1-1"])')
+    cut = records_of(db, "coll1")["records"]
+    env = {**os.environ, "CHROMASNAP_CRASH_AT": f"parent:{point}"}
+    cmd = [
+        *CLI,
+        "restore",
+        snap.id,
+        "--collection",
+        "coll1",
+        "--replace",
+        "--db",
+        str(db),
+        "--store",
+        str(store),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert r.returncode == -9, r.stderr
+    assert len(mgr.backend.list("intents")) == 1
+    res = mgr.recover()
+    assert res.action == "restored" and mgr.get(res.snapshot or "").reason == "pre-restore"
+    assert records_of(db, "coll1")["records"] == cut
+    assert sorted(counts(db)) == ["coll0", "coll1"]
 
 
 def test_export_writes_every_record_as_json_lines(db: Path, tmp_path: Path) -> None:
