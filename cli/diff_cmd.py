@@ -25,8 +25,7 @@ def diff_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Records added, removed and changed per collection, collections created or dropped, and
-    the files that differ, from snapshot A to B (default: the live database)."""
+    """What changed from snapshot A to B (default: the live database), per collection and file."""
     res = manager(db, store).diff(a, b, ids=ids, limit=limit)
     if json_out:
         data = res.model_dump(mode="json", exclude={"duration_s"})

@@ -23,8 +23,7 @@ def export_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write ids, documents, metadatas and embeddings of COLLECTION as JSON lines, one record
-    a line; the file appears complete or not at all."""
+    """Write ids, documents, metadatas and embeddings of COLLECTION as JSON Lines, atomically."""
     res = manager(db, store).export(snapshot_id, collection, out, python=python, timeout=timeout)
     if json_out:
         print_json(res.model_dump(mode="json"))

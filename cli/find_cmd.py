@@ -20,8 +20,7 @@ def find_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Every snapshot holding RECORD_ID, oldest first, with what changed between consecutive
-    snapshots (appeared, changed, vanished); exit 1 when no snapshot ever held it."""
+    """Every snapshot holding RECORD_ID and when it appeared, changed, vanished; exit 1 if none."""
     res = manager(db, store).find(record_id, collection)
     if json_out:
         print_json(res.model_dump(mode="json", exclude={"duration_s"}))

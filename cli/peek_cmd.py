@@ -22,8 +22,7 @@ def peek_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show records (id, document, metadata) of COLLECTION in a snapshot, without chromadb;
-    exit 1 when an --id is not there."""
+    """Show records (id, document, metadata) of COLLECTION in a snapshot; exit 1 if an --id is missing."""
     res = manager(db, store).peek(snapshot_id, collection, limit=limit, ids=ids)
     if json_out:
         print_json(res.model_dump(mode="json"))

@@ -42,8 +42,7 @@ def restore_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Restore a snapshot over the live database; the replaced one is kept (`chromasnap kept`).
-    With --collection, bring back one collection through chromadb after a pre-restore snapshot."""
+    """Restore a snapshot over the live database (kept: `chromasnap kept`), or one --collection."""
     mgr = manager(db, store)
     snap = mgr.get(snapshot_id)
     if collection is None and (as_name or replace):

@@ -576,6 +576,12 @@ def export(
     dest = Path(os.path.abspath(out))
     if dest.is_dir():
         raise UsageError(f"{dest} is a directory; give a file name")
+    from .manager import _inside
+
+    real = Path(os.path.realpath(dest.parent))
+    for inside, what in ((mgr.store_path, "the store"), (mgr.db_path, "the database")):
+        if inside is not None and _inside(real, Path(os.path.realpath(inside))):
+            raise UsageError(f"{dest} is inside {what}; write the export somewhere else")
     if not dest.parent.is_dir():
         raise UsageError(f"{dest.parent} does not exist")
     work = rx.private_dir(mgr.repo, "export")

@@ -263,6 +263,9 @@ def test_export_writes_every_record_as_json_lines(db: Path, tmp_path: Path) -> N
     with pytest.raises(UsageError):
         mgr.export(snap.id, "nope", tmp_path / "none.jsonl")
     assert not (tmp_path / "none.jsonl").exists()
+    for inside in (db / "x.jsonl", tmp_path / "store" / "x.jsonl"):
+        with pytest.raises(UsageError, match="inside"):
+            mgr.export(snap.id, "coll1", inside)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
