@@ -23,6 +23,7 @@ from .models import (
     StoreConfig,
     Totals,
     Verification,
+    VersionChunkRef,
     WalState,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "StoreConfig",
     "Totals",
     "Verification",
+    "VersionChunkRef",
     "WalState",
     "dumps",
     "json_schemas",

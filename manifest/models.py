@@ -229,6 +229,16 @@ class RecordChunkRef(_Model):
     count: int = Field(ge=0)
 
 
+class VersionChunkRef(_Model):
+    """One chunk of content hashes of one collection's record versions, sorted by seq_id,
+    `first` the lowest."""
+
+    collection: str
+    first: int
+    key: Key
+    count: int = Field(ge=0)
+
+
 class CollectionRecords(_Model):
     id: str
     name: str
@@ -237,11 +247,16 @@ class CollectionRecords(_Model):
 
 
 class RecordIndex(_Model):
-    """Every record of every collection as (id, seq_id, document hash, metadata hash),
-    in content-defined chunks so that unchanged runs of ids deduplicate across snapshots."""
+    """Every record of every collection as (id, seq_id), in content-defined chunks so that
+    unchanged runs of ids deduplicate across snapshots; and, by seq_id, the document and
+    metadata hashes of the record versions written since the database's first snapshot."""
 
     version: Literal[1] = 1
     collections: list[CollectionRecords] = Field(default_factory=list)
+    versions: list[VersionChunkRef] = Field(
+        default_factory=list, description="the parent's versions chunks, then this snapshot's"
+    )
+    watermark: int | None = Field(None, description="the highest seq_id of any record")
 
 
 class Totals(_Model):

@@ -85,8 +85,6 @@ class FindEntry(BaseModel):
     change: Literal["appeared", "changed", "unchanged", "vanished"]
     seq_id: int | None = None
     fields: list[str] = Field(default_factory=list)
-    document_hash: str | None = None
-    metadata_hash: str | None = None
 
 
 class FindResult(BaseModel):
@@ -137,17 +135,18 @@ class CollectionRestoreResult(BaseModel):
 # --- views of both sides --------------------------------------------------------------------
 
 
-def _side(mgr: SnapshotManager, ref: str, source: rx.RecordSource, work: Path) -> tuple[str, Any, Any]:
-    """(label, {collection name: view}, files) of a snapshot or, for `live`, the database."""
+def _side(mgr: SnapshotManager, ref: str, source: rx.RecordSource, work: Path) -> tuple[rx.Side, Any]:
+    """The records and files of a snapshot or, for `live`, of the database."""
     if ref == LIVE:
-        return LIVE, *_live(mgr, source, work)
+        return _live(mgr, source, work)
     snap = mgr.get(ref)
-    return snap.id, rx.snapshot_views(mgr.repo, snap, source), snap
+    return rx.snapshot_side(mgr.repo, snap, source, work), snap
 
 
-def _live(mgr: SnapshotManager, source: rx.RecordSource, work: Path) -> tuple[Any, dict[str, Any]]:
-    """The live database's record views (from a private copy of chroma.sqlite3 made under
-    SQLite's read lock by a child) and its files as {path: (size, stat, hash or None)}."""
+def _live(mgr: SnapshotManager, source: rx.RecordSource, work: Path) -> tuple[rx.Side, dict[str, Any]]:
+    """The live database's records (from a private copy of chroma.sqlite3 made under
+    SQLite's read lock by a child) and its files as {path: stat, or for chroma.sqlite3
+    ("hash", hash of the copy, size)}."""
     from .capture import SQLITE_NAME, SqliteCopy, scan
     from .manager import check_database
 
@@ -161,12 +160,10 @@ def _live(mgr: SnapshotManager, source: rx.RecordSource, work: Path) -> tuple[An
         raise
     if copy.records is None or "records" not in info:
         raise ChromasnapError(f"cannot read the records of {db}: {info.get('records_error', 'unknown')}")
-    views = rx.views(rx.from_lines(copy.records, source), source)
-    files: dict[str, Any] = {}
-    for rel, st in scan(db).files:
-        files[rel] = st
+    side = rx.Side(LIVE, rx.from_lines(copy.records, source), source, lambda: copy.dest)
+    files: dict[str, Any] = dict(scan(db).files)
     files[SQLITE_NAME] = ("hash", _hash_file(copy.dest), copy.dest.stat().st_size)
-    return views, files
+    return side, files
 
 
 def _hash_file(path: Path) -> str:
@@ -233,20 +230,17 @@ def _flip(d: FileDiff) -> FileDiff:
 # --- diff -----------------------------------------------------------------------------------------
 
 
-def _fields(x: rx.Record, y: rx.Record, same_collection: bool) -> list[str]:
-    out = []
-    if x[2] != y[2]:
-        out.append("document")
-    if x[3] != y[3]:
-        out.append("metadata")
-    if not out and same_collection and x[1] != y[1]:
-        out.append("embedding")
-    return out
+def _fields(x: rx.Hashes | None, y: rx.Hashes | None, seq_moved: bool) -> list[str]:
+    """What changed between two versions of a record: its document, its metadata, or (the
+    record was rewritten with both the same) its embedding."""
+    if x is None or y is None:
+        return ["document", "metadata"] if x != y else []
+    out = [f for f, a, b in (("document", x[0], y[0]), ("metadata", x[1], y[1])) if a != b]
+    return out or (["embedding"] if seq_moved else [])
 
 
-def _collection_diff(
-    name: str, va: rx.CollectionView | None, vb: rx.CollectionView | None, want_ids: bool, limit: int
-) -> CollectionDiff:
+def _collection_diff(name: str, sa: rx.Side, sb: rx.Side, want_ids: bool, limit: int) -> CollectionDiff:
+    va, vb = sa.views.get(name), sb.views.get(name)
     ids = RecordIds() if want_ids else None
 
     def note(kind: str, rid: str) -> None:
@@ -268,35 +262,38 @@ def _collection_diff(
         setattr(cd, kind, view.records)
         if ids is not None:
             for rec in view.all():
-                note(kind, rec[0])
                 if len(getattr(ids, kind)) >= limit:
                     break
+                note(kind, rec[0])
         cd.ids = ids
         return cd
-    same_collection = va.id == vb.id
-    skip = va.keys() & vb.keys() if same_collection else set()
-    left = {r[0]: r for r in va.all(skip)}
-    right = {r[0]: r for r in vb.all(skip)}
+    same = va.id == vb.id
+    skip = va.keys() & vb.keys() if same else set()  # shared chunks hold the same records
+    left = dict(va.all(skip))
+    right = dict(vb.all(skip))
+    both = sorted(left.keys() & right.keys())
+    # within one collection a record changed iff its seq_id moved; a recreated collection's
+    # records are compared by content (their seq_ids say nothing about each other)
+    moved = [rid for rid in both if left[rid] != right[rid]] if same else both
+    ha = sa.hashes(va, [(rid, left[rid]) for rid in moved])
+    hb = sb.hashes(vb, [(rid, right[rid]) for rid in moved])
     cd = CollectionDiff(name=name, status="same", records_a=va.records, records_b=vb.records)
     fields: dict[str, int] = {}
-    for rid in sorted(left.keys() | right.keys()):
-        x, y = left.get(rid), right.get(rid)
-        if x is None:
-            cd.added += 1
-            note("added", rid)
-        elif y is None:
-            cd.removed += 1
-            note("removed", rid)
-        else:
-            changed = _fields(x, y, same_collection)
-            if changed:
-                cd.changed += 1
-                note("changed", rid)
-                for f in changed:
-                    fields[f] = fields.get(f, 0) + 1
-    cd.fields = fields
+    changed: list[str] = []
+    for rid in moved:
+        what = _fields(ha.get(rid), hb.get(rid), same)
+        if what:
+            changed.append(rid)
+            for f in what:
+                fields[f] = fields.get(f, 0) + 1
+    added = sorted(right.keys() - left.keys())
+    removed = sorted(left.keys() - right.keys())
+    cd.added, cd.removed, cd.changed, cd.fields = len(added), len(removed), len(changed), fields
+    for kind, lst in (("added", added), ("removed", removed), ("changed", changed)):
+        for rid in lst[:limit]:
+            note(kind, rid)
     cd.ids = ids
-    if not same_collection:
+    if not same:
         cd.status = "recreated"
     elif cd.added or cd.removed or cd.changed:
         cd.status = "changed"
@@ -311,17 +308,16 @@ def diff(mgr: SnapshotManager, a: str, b: str | None, want_ids: bool = False, li
     source = rx.RecordSource(mgr.repo)
     work = rx.private_dir(mgr.repo, "diff")
     try:
-        la, va, fa = _side(mgr, a, source, work)
-        lb, vb, fb = _side(mgr, b or LIVE, source, work)
+        sa, fa = _side(mgr, a, source, work)
+        sb, fb = _side(mgr, b or LIVE, source, work)
         files = _file_diff(mgr, fa, fb)
+        names = sorted(sa.views.keys() | sb.views.keys())
+        colls = [_collection_diff(n, sa, sb, want_ids, limit) for n in names]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    colls = [
-        _collection_diff(n, va.get(n), vb.get(n), want_ids, limit) for n in sorted(va.keys() | vb.keys())
-    ]
     return DiffResult(
-        a=la,
-        b=lb,
+        a=sa.label,
+        b=sb.label,
         collections=colls,
         created=[c.name for c in colls if c.status == "created"],
         dropped=[c.name for c in colls if c.status == "dropped"],
@@ -343,44 +339,42 @@ def find(mgr: SnapshotManager, record_id: str, collection: str | None = None) ->
         raise UsageError("give a record id")
     snaps = mgr.list()
     source = rx.RecordSource(mgr.repo)
-    last: dict[tuple[str, str], tuple[rx.Record, str] | None] = {}
+    last: dict[tuple[str, str], tuple[int, rx.Side, rx.CollectionView] | None] = {}
     entries: list[FindEntry] = []
-    for snap in snaps:
-        views = rx.snapshot_views(mgr.repo, snap, source)
-        held = {n for (src, n), v in last.items() if src == snap.source and v is not None}
-        names = [collection] if collection else sorted(set(views) | held)
-        for name in names:
-            view = views.get(name)
-            rec = view.lookup(record_id) if view is not None else None
-            key = (snap.source, name)
-            prev = last.get(key)
-            if rec is None and prev is None:
-                continue
-            base = {
-                "snapshot": snap.id,
-                "created_at": snap.created_at.isoformat(),
-                "source": snap.source,
-                "collection": name,
-            }
-            if rec is None:
-                entries.append(FindEntry(**base, change="vanished"))
-                last[key] = None
-                continue
-            assert view is not None
-            fields = _fields(prev[0], rec, prev[1] == view.id) if prev is not None else []
-            if prev is not None and prev[1] != view.id and not fields and prev[0][1] != rec[1]:
-                fields = ["collection recreated"]
-            entries.append(
-                FindEntry(
-                    **base,
-                    change="appeared" if prev is None else "changed" if fields else "unchanged",
-                    seq_id=rec[1],
-                    fields=fields,
-                    document_hash=rec[2],
-                    metadata_hash=rec[3],
-                )
-            )
-            last[key] = (rec, view.id)
+    work = rx.private_dir(mgr.repo, "find")
+    try:
+        for snap in snaps:
+            side = rx.snapshot_side(mgr.repo, snap, source, work)
+            held = {n for (src, n), v in last.items() if src == snap.source and v is not None}
+            for name in [collection] if collection else sorted(set(side.views) | held):
+                view = side.views.get(name)
+                rec = view.lookup(record_id) if view is not None else None
+                key = (snap.source, name)
+                prev = last.get(key)
+                if rec is None and prev is None:
+                    continue
+                base = {
+                    "snapshot": snap.id,
+                    "created_at": snap.created_at.isoformat(),
+                    "source": snap.source,
+                    "collection": name,
+                }
+                if rec is None or view is None:
+                    entries.append(FindEntry(**base, change="vanished"))
+                    last[key] = None
+                    continue
+                fields: list[str] = []
+                if prev is not None and (prev[0] != rec[1] or prev[2].id != view.id):
+                    x = prev[1].hashes(prev[2], [(record_id, prev[0])]).get(record_id)
+                    y = side.hashes(view, [rec]).get(record_id)
+                    fields = _fields(x, y, prev[2].id == view.id)
+                    if prev[2].id != view.id:
+                        fields.append("collection recreated")
+                change = "appeared" if prev is None else "changed" if fields else "unchanged"
+                entries.append(FindEntry(**base, change=change, seq_id=rec[1], fields=fields))
+                last[key] = (rec[1], side, view)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return FindResult(
         id=record_id,
         collection=collection,

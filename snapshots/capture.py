@@ -38,7 +38,7 @@ from chromasnap.manifest import (
 
 from . import hnsw
 from .errors import CaptureError
-from .records import store_records
+from .records import parent_versions, store_records
 from .repository import BlobWriter, Repository
 from .sqlite_state import apply_hnsw, read_wal_state_file
 
@@ -358,12 +358,21 @@ class SqliteCopy:
     so the caller can read the segment folders while the child copies; `finish()` waits.
     """
 
-    def __init__(self, live: Path, dest: Path, timeout: float = 300, records: bool = False) -> None:
+    def __init__(
+        self,
+        live: Path,
+        dest: Path,
+        timeout: float = 300,
+        records: bool = False,
+        since: int | None = None,
+    ) -> None:
         from . import sqlite_copy
 
         self.live, self.dest, self.timeout = live, dest, timeout
         self.records = dest.with_name(dest.name + ".records") if records else None
         extra = ["--records", str(self.records)] if self.records else []
+        if self.records and since is not None:
+            extra += ["--since", str(since)]
         self.proc = subprocess.Popen(
             [sys.executable, sqlite_copy.__file__, str(live), str(dest), *extra],
             stdout=subprocess.PIPE,
@@ -476,8 +485,14 @@ def capture(
         records = parent.records
         reused += 1
     else:
+        # content hashes of the records written since the parent (its index names those
+        # of earlier versions); a database's first snapshot records none (docs/format.md)
+        inherited = parent_versions(repo, parent)
         sq_copy = SqliteCopy(
-            root / SQLITE_NAME, scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}", records=True
+            root / SQLITE_NAME,
+            scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}",
+            records=True,
+            since=inherited[0] if inherited else None,
         )
         sq_copy.start()  # the SQLite state is fixed from here: folders read next are newer
 
@@ -501,7 +516,7 @@ def capture(
             info = sq_copy.finish()
             files[SQLITE_NAME], wal = cap.read_sqlite(sq_copy.dest, info, found.side_files)
             if sq_copy.records is not None and "records" in info:
-                records = store_records(writer, sq_copy.records)
+                records = store_records(writer, sq_copy.records, inherited[1] if inherited else [])
             elif info.get("records_error"):
                 wal.warnings.append(f"no record index: {info['records_error']}")
             if sq_copy.records is not None:

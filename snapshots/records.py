@@ -13,10 +13,11 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from blake3 import blake3
 
@@ -26,6 +27,7 @@ from chromasnap.manifest import (
     RecordChunkRef,
     RecordIndex,
     Snapshot,
+    VersionChunkRef,
     dumps,
 )
 from chromasnap.manifest.io import loads
@@ -33,38 +35,81 @@ from chromasnap.manifest.io import loads
 from .errors import StoreError
 from .repository import BlobWriter, Repository
 
-Record = tuple[str, int, str | None, str]
-"""(record id, seq_id, document hash or None, metadata hash)."""
+Record = tuple[str, int]
+"""(record id, seq_id)."""
+Hashes = tuple[str | None, str]
+"""(document hash or None, metadata hash) of one version of a record."""
 
 
 def parse_lines(path: Path) -> Iterator[tuple[str, str, int, bytes]]:
-    """The child's lines: ("C", json [id, name], 0, b"") or ("K", first id, count, payload)."""
+    """The child's lines (see `sqlite_copy.write_records`) as (kind, first, count, body)."""
     with path.open("rb") as fh:
         for line in fh:
-            kind, rest = line[:1], line[2:].rstrip(b"\n")
-            if kind == b"C":
-                yield "C", rest.decode(), 0, b""
-            elif kind == b"K":
+            kind, rest = line[:1].decode(), line[2:].rstrip(b"\n")
+            if kind in ("C", "W"):
+                yield kind, rest.decode(), 0, b""
+            elif kind == "K":
                 first, count, body = rest.split(b"\t", 2)
-                yield "K", json.loads(first), int(count), body
+                yield kind, first.decode(), int(count), body
+            elif kind == "V":  # first is "collection<TAB>seq"
+                cid, seq, count, body = rest.split(b"\t", 3)
+                yield kind, f"{cid.decode()}\t{seq.decode()}", int(count), body
 
 
-def store_records(writer: BlobWriter, path: Path) -> str:
-    """Store the child's record lines as chunk blobs and a directory blob; its key."""
-    index = RecordIndex()
-    pending: list[tuple[CollectionRecords, str, int, bytes]] = []
-    for kind, a, count, body in parse_lines(path):
+def _index(
+    path: Path, add: Callable[[bytes], str], inherited: list[VersionChunkRef]
+) -> tuple[RecordIndex, list[RecordChunkRef | VersionChunkRef]]:
+    """A RecordIndex from the child's lines, each chunk body given to `add` (which returns
+    its key), and the chunk references it made, in the order `add` was called."""
+    index = RecordIndex(versions=list(inherited))
+    made: list[RecordChunkRef | VersionChunkRef] = []
+    for kind, first, count, body in parse_lines(path):
         if kind == "C":
-            cid, name = json.loads(a)
+            cid, name = json.loads(first)
             index.collections.append(CollectionRecords(id=cid, name=name, records=0))
-        else:
+        elif kind == "K":
             coll = index.collections[-1]
             coll.records += count
-            pending.append((coll, a, count, body))
-    futures = [writer.add([body], "records") for _c, _a, _n, body in pending]
-    for (coll, first, count, _body), fut in zip(pending, futures, strict=True):
-        coll.chunks.append(RecordChunkRef(first=first, key=fut.result()[0], count=count))
+            ref = RecordChunkRef(first=json.loads(first), key=add(body), count=count)
+            coll.chunks.append(ref)
+            made.append(ref)
+        elif kind == "V":
+            cid, seq = first.split("\t")
+            vref = VersionChunkRef(collection=cid, first=int(seq), key=add(body), count=count)
+            index.versions.append(vref)
+            made.append(vref)
+        else:
+            index.watermark = json.loads(first)
+    return index, made
+
+
+def store_records(writer: BlobWriter, path: Path, inherited: list[VersionChunkRef]) -> str:
+    """Store the child's lines as chunk blobs and a directory blob (whose key it returns);
+    the versions chunks of the parent snapshot are `inherited`."""
+    pending: list[Future[list[str]]] = []
+
+    def add(body: bytes) -> str:  # the key is filled in once the writer has hashed it
+        pending.append(writer.add([body], "records"))
+        return "0" * 64
+
+    index, made = _index(path, add, inherited)
+    for ref, fut in zip(made, pending, strict=True):
+        ref.key = fut.result()[0]
     return writer.add_sync(dumps(index), "records")
+
+
+def parent_versions(repo: Repository, parent: Snapshot | None) -> tuple[int, list[VersionChunkRef]] | None:
+    """(watermark, versions chunks) of the parent's record index: the child then hashes the
+    records written after the watermark. None when there is nothing to continue from."""
+    if parent is None or parent.records is None:
+        return None
+    try:
+        index = load_index(repo, parent.records)
+    except StoreError:
+        return None
+    if index.watermark is None:
+        return None
+    return index.watermark, index.versions
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -83,25 +128,18 @@ class CollectionView:
     def keys(self) -> set[str]:
         return {c.key for c in self.chunks}
 
-    def chunk(self, ref: RecordChunkRef) -> list[Record]:
-        return self.source.chunk(ref.key)
-
-    def all(self, skip: set[str] = frozenset()) -> Iterator[Record]:  # type: ignore[assignment]
+    def all(self, skip: frozenset[str] | set[str] = frozenset()) -> Iterator[Record]:
         """Every record, leaving out chunks whose key is in `skip`."""
         for ref in self.chunks:
             if ref.key not in skip:
-                yield from self.chunk(ref)
+                yield from self.source.chunk(ref.key)
 
     def lookup(self, record_id: str) -> Record | None:
         """The record with this id: one chunk read (ids are sorted, `first` per chunk)."""
-        firsts = [c.first for c in self.chunks]
-        i = bisect.bisect_right(firsts, record_id) - 1
+        i = bisect.bisect_right([c.first for c in self.chunks], record_id) - 1
         if i < 0:
             return None
-        for rec in self.chunk(self.chunks[i]):
-            if rec[0] == record_id:
-                return rec
-        return None
+        return next((r for r in self.source.chunk(self.chunks[i].key) if r[0] == record_id), None)
 
 
 @dataclass
@@ -111,21 +149,69 @@ class RecordSource:
     repo: Repository | None = None
     memory: dict[str, bytes] = field(default_factory=dict)
     cache: dict[str, list[Record]] = field(default_factory=dict)
+    vcache: dict[str, dict[tuple[int, str], Hashes]] = field(default_factory=dict)
+
+    def _raw(self, key: str) -> Any:
+        raw = self.memory.get(key)
+        if raw is None:
+            if self.repo is None:
+                raise StoreError(f"record chunk {key[:16]} is missing")
+            raw = self.repo.read_blob(key)
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"record chunk {key[:16]} is not valid JSON ({exc})") from None
 
     def chunk(self, key: str) -> list[Record]:
         got = self.cache.get(key)
         if got is None:
-            raw = self.memory.get(key)
-            if raw is None:
-                if self.repo is None:
-                    raise StoreError(f"record chunk {key[:16]} is missing")
-                raw = self.repo.read_blob(key)
             try:
-                got = [(str(r[0]), int(r[1]), r[2], str(r[3])) for r in json.loads(raw)]
-            except (ValueError, TypeError, IndexError) as exc:
-                raise StoreError(f"record chunk {key[:16]} is not a valid record list ({exc})") from None
-            self.cache[key] = got
+                got = self.cache[key] = [(str(r[0]), int(r[1])) for r in self._raw(key)]
+            except (TypeError, IndexError, ValueError) as exc:
+                raise StoreError(f"record chunk {key[:16]} is not a record list ({exc})") from None
         return got
+
+    def versions(self, key: str) -> dict[tuple[int, str], Hashes]:
+        got = self.vcache.get(key)
+        if got is None:
+            try:
+                got = self.vcache[key] = {(int(r[0]), str(r[1])): (r[2], str(r[3])) for r in self._raw(key)}
+            except (TypeError, IndexError, ValueError) as exc:
+                raise StoreError(f"versions chunk {key[:16]} is not a version list ({exc})") from None
+        return got
+
+
+class Side:
+    """One side of a comparison, a snapshot or the live database: its collections, and the
+    document and metadata hashes of its records (from the index's versions where it has
+    them, else computed from the side's chroma.sqlite3, materialized once on demand)."""
+
+    def __init__(
+        self, label: str, index: RecordIndex, source: RecordSource, sqlite: Callable[[], Path]
+    ) -> None:
+        self.label, self.index, self.source, self._sqlite = label, index, source, sqlite
+        self.views = {
+            c.name: CollectionView(c.id, c.name, c.records, list(c.chunks), source) for c in index.collections
+        }
+
+    def hashes(self, view: CollectionView, recs: list[Record]) -> dict[str, Hashes]:
+        from .sqlite_copy import record_hashes
+
+        out: dict[str, Hashes] = {}
+        missing: list[str] = []
+        chunks = [
+            self.source.versions(v.key) for v in reversed(self.index.versions) if v.collection == view.id
+        ]
+        for rid, seq in recs:
+            got = next((c[(seq, rid)] for c in chunks if (seq, rid) in c), None)
+            if got is None:
+                missing.append(rid)
+            else:
+                out[rid] = got
+        if missing:
+            for rid, (_seq, doc, meta) in record_hashes(self._sqlite(), view.id, missing).items():
+                out[rid] = (doc, meta)  # type: ignore[assignment]
+        return out
 
 
 def load_index(repo: Repository, key: str) -> RecordIndex:
@@ -135,50 +221,39 @@ def load_index(repo: Repository, key: str) -> RecordIndex:
         raise StoreError(str(exc)) from None
 
 
-def views(index: RecordIndex, source: RecordSource) -> dict[str, CollectionView]:
-    return {
-        c.name: CollectionView(c.id, c.name, c.records, list(c.chunks), source) for c in index.collections
-    }
-
-
 def from_lines(path: Path, source: RecordSource) -> RecordIndex:
     """A RecordIndex held in memory (the live database, or an old snapshot)."""
-    index = RecordIndex()
-    for kind, a, count, body in parse_lines(path):
-        if kind == "C":
-            cid, name = json.loads(a)
-            index.collections.append(CollectionRecords(id=cid, name=name, records=0))
-        else:
-            key = blake3(body).hexdigest()
-            source.memory[key] = body
-            index.collections[-1].records += count
-            index.collections[-1].chunks.append(RecordChunkRef(first=a, key=key, count=count))
-    return index
+
+    def add(body: bytes) -> str:
+        key = blake3(body).hexdigest()
+        source.memory[key] = body
+        return key
+
+    return _index(path, add, [])[0]
 
 
-def from_sqlite(sqlite_path: Path, work: Path, source: RecordSource) -> RecordIndex:
-    """Compute the index of a quiescent chroma.sqlite3 copy (never the live file)."""
+def snapshot_side(repo: Repository, snap: Snapshot, source: RecordSource, work: Path) -> Side:
+    """A snapshot's side; its chroma.sqlite3 is materialized in `work` only if needed. A
+    snapshot taken before record indexes (format 1) is indexed from it on the spot."""
     from .sqlite_copy import write_records
 
-    out = work / "records"
-    write_records(sqlite_path, out)
-    try:
-        return from_lines(out, source)
-    finally:
-        out.unlink(missing_ok=True)
+    where = work / f"snap-{snap.id[:16]}"
+    path: list[Path] = []
 
+    def sqlite() -> Path:
+        if not path:
+            where.mkdir(mode=0o700, exist_ok=True)
+            path.append(materialize_sqlite(repo, snap, where))
+        return path[0]
 
-def snapshot_views(repo: Repository, snap: Snapshot, source: RecordSource) -> dict[str, CollectionView]:
-    """A snapshot's collections: from its record index, or (taken before there was one)
-    computed from its chroma.sqlite3, materialized privately."""
     if snap.records is not None:
-        return views(load_index(repo, snap.records), source)
-    work = private_dir(repo, "records")
-    try:
-        db = materialize_sqlite(repo, snap, work)
-        return views(from_sqlite(db, work, source), source)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        index = load_index(repo, snap.records)
+    else:
+        out = where.with_name(where.name + ".records")
+        write_records(sqlite(), out)
+        index = from_lines(out, source)
+        out.unlink()
+    return Side(snap.id, index, source, sqlite)
 
 
 def referenced(repo: Repository, snap: Snapshot) -> set[str]:
@@ -186,7 +261,8 @@ def referenced(repo: Repository, snap: Snapshot) -> set[str]:
     if snap.records is None:
         return set()
     index = load_index(repo, snap.records)
-    return {snap.records} | {c.key for coll in index.collections for c in coll.chunks}
+    keys = {c.key for coll in index.collections for c in coll.chunks} | {v.key for v in index.versions}
+    return {snap.records} | keys
 
 
 def check(repo: Repository, snap: Snapshot) -> list[str]:
@@ -201,6 +277,9 @@ def check(repo: Repository, snap: Snapshot) -> list[str]:
             n = sum(len(source.chunk(c.key)) for c in coll.chunks)
             if n != coll.records or n != sum(c.count for c in coll.chunks):
                 return [f"record index of {coll.name}: {n} records, the directory says {coll.records}"]
+        for v in index.versions:
+            if len(source.versions(v.key)) != v.count:
+                return [f"record index: versions chunk {v.key[:16]} does not hold {v.count} versions"]
     except StoreError as exc:
         return [f"record index: {exc}"]
     return []

@@ -14,8 +14,8 @@ backup API. A hot journal (left by a writer that died): the journal and the file
 copied to a private folder, SQLite rolls the journal back there, and the result is the
 copy; the live files are not touched.
 
-With `--records OUT` it then writes the record index rows of the copy to OUT (see
-`write_records`) while the parent is still reading the segment folders.
+With `--records OUT [--since SEQ]` it then writes the record index rows of the copy to
+OUT (see `write_records`) while the parent is still reading the segment folders.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import os
 import shutil
 import sqlite3
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -117,7 +116,10 @@ def copy(live: Path, dest: Path) -> dict[str, object]:
 CHUNK_AVERAGE = 128
 """Records per record-index chunk on average: a chunk ends after a record whose id hashes
 to 0 modulo this, so boundaries depend on ids alone and an insertion changes one chunk."""
+VERSION_CHUNK = 4096
+"""Content hashes per versions chunk."""
 DOCUMENT_KEY = "chroma:document"
+BATCH = 500
 
 
 def _h(data: bytes) -> str:
@@ -136,63 +138,69 @@ def _seq(value: object) -> int:
     return int(value)  # type: ignore[call-overload,no-any-return]
 
 
-def _records(db: sqlite3.Connection, seg: str, arrays: bool) -> Iterator[list[object]]:
-    """[id, seq_id, document hash or None, metadata hash] of a METADATA segment, by id."""
-    extra: dict[int, list[tuple[object, ...]]] = {}
-    if arrays:
-        for row in db.execute(
-            "SELECT a.id, a.key, a.string_value, a.int_value, a.float_value, a.bool_value "
-            "FROM embedding_metadata_array a JOIN embeddings e ON e.id = a.id "
-            "WHERE e.segment_id = ? ORDER BY a.id, a.key, a.rowid",
-            (seg,),
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def content_hashes(db: sqlite3.Connection, rowids: list[int]) -> dict[int, tuple[str | None, str]]:
+    """(document hash or None, metadata hash) of records by `embeddings` rowid: 8-byte
+    BLAKE2b of the document text, and of the repr of the metadata rows in key order
+    (exact values), then any array rows."""
+    arrays = "embedding_metadata_array" in _tables(db)
+    out: dict[int, tuple[str | None, str]] = {}
+    for i in range(0, len(rowids), BATCH):
+        part = rowids[i : i + BATCH]
+        marks = ",".join("?" * len(part))
+        rows: dict[int, list[tuple[object, ...]]] = {r: [] for r in part}
+        docs: dict[int, str | None] = {}
+        for rid, key, sv, iv, fv, bv in db.execute(
+            "SELECT id, key, string_value, int_value, float_value, bool_value FROM embedding_metadata "
+            f"WHERE id IN ({marks}) ORDER BY id, key",
+            part,
         ):
-            extra.setdefault(row[0], []).append(("[]", *row[1:]))
-    cur: int | None = None
-    rec: list[object] = []
-    meta: list[tuple[object, ...]] = []
-    for eid, embedding_id, seq_id, key, sv, iv, fv, bv in db.execute(
-        "SELECT e.id, e.embedding_id, e.seq_id, m.key, m.string_value, m.int_value, "
-        "m.float_value, m.bool_value FROM embeddings e "
-        "LEFT JOIN embedding_metadata m ON m.id = e.id "
-        "WHERE e.segment_id = ? ORDER BY e.embedding_id, m.key",
-        (seg,),
-    ):
-        if eid != cur:
-            if cur is not None:
-                meta.extend(extra.get(cur, ()))
-                yield [*rec, _h(repr(meta).encode())]
-            cur, rec, meta = eid, [str(embedding_id), _seq(seq_id), None], []
-        if key == DOCUMENT_KEY:
-            rec[2] = _h(str(sv).encode()) if sv is not None else None
-        elif key is not None:
-            meta.append((key, sv, iv, fv, bv))
-    if cur is not None:
-        meta.extend(extra.get(cur, ()))
-        yield [*rec, _h(repr(meta).encode())]
+            if key == DOCUMENT_KEY:
+                docs[rid] = _h(str(sv).encode()) if sv is not None else None
+            else:
+                rows[rid].append((key, sv, iv, fv, bv))
+        if arrays:
+            for rid, key, sv, iv, fv, bv in db.execute(
+                "SELECT id, key, string_value, int_value, float_value, bool_value "
+                f"FROM embedding_metadata_array WHERE id IN ({marks}) ORDER BY id, key, rowid",
+                part,
+            ):
+                rows[rid].append(("[]", key, sv, iv, fv, bv))
+        for rid in part:
+            out[rid] = (docs.get(rid), _h(repr(rows[rid]).encode()))
+    return out
 
 
-def write_records(sqlite_path: Path, out: Path) -> int:
-    """Write every record of a quiescent chroma.sqlite3 as record-index lines; returns
-    how many. Per collection a line `C<TAB>[id, name]`, then its records sorted by id in
-    chunks, a line each: `K<TAB>json(first id)<TAB>count<TAB>json([[id, seq_id, document
-    hash|null, metadata hash], ...])`. The hashes are 8-byte BLAKE2b of the document and of
-    the metadata rows (key order, exact values), so a diff can say what changed."""
+def collection_segments(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(collection id, name, METADATA segment id) of every collection, by name."""
+    if not {"collections", "segments", "embeddings", "embedding_metadata"} <= _tables(db):
+        return []
+    return [
+        (str(c), str(n), str(s))
+        for c, n, s in db.execute(
+            "SELECT c.id, c.name, s.id FROM collections c JOIN segments s "
+            "ON s.collection = c.id AND s.scope = 'METADATA' ORDER BY c.name"
+        )
+    ]
+
+
+def write_records(sqlite_path: Path, out: Path, since: int | None = None) -> int:
+    """Write the record index rows of a quiescent chroma.sqlite3 to `out`; returns how many
+    records. Lines: per collection `C<TAB>[id, name]`, then its records sorted by id in
+    chunks, a line each: `K<TAB>json(first id)<TAB>count<TAB>json([[id, seq_id], ...])`.
+    Then the content hashes of the records written after `since` (a seq_id; all records
+    when `since` is -1, none when it is None), sorted by seq_id, per collection, in lines
+    `V<TAB>collection id<TAB>first seq_id<TAB>count<TAB>json([[seq_id, id, document
+    hash|null, metadata hash], ...])`. Last `W<TAB>the highest seq_id` (or `W<TAB>null`).
+    A version is named by (collection, id, seq_id): chromadb can reuse a seq_id once the
+    queue rows above it are gone (a dropped collection's), never for the same record."""
     db = sqlite3.connect(f"file:{sqlite_path}?mode=ro&immutable=1", uri=True)
-    total = 0
+    total, top = 0, None
+    fresh: list[tuple[str, int, int, str]] = []  # (collection, seq_id, rowid, id) after `since`
     try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        needed = {"collections", "segments", "embeddings", "embedding_metadata"}
-        colls = (
-            db.execute(
-                "SELECT c.id, c.name, s.id FROM collections c JOIN segments s "
-                "ON s.collection = c.id AND s.scope = 'METADATA' ORDER BY c.name"
-            ).fetchall()
-            if needed <= tables
-            else []
-        )
-        arrays = "embedding_metadata_array" in tables and bool(
-            db.execute("SELECT 1 FROM embedding_metadata_array LIMIT 1").fetchone()
-        )
         with out.open("w", encoding="utf-8") as fh:
 
             def flush(chunk: list[list[object]]) -> None:
@@ -202,15 +210,32 @@ def write_records(sqlite_path: Path, out: Path) -> int:
                     fh.write(f"K\t{first}\t{len(chunk)}\t{body}\n")
                     chunk.clear()
 
-            for cid, name, seg in colls:
-                fh.write("C\t" + json.dumps([str(cid), str(name)]) + "\n")
+            for cid, name, seg in collection_segments(db):
+                fh.write("C\t" + json.dumps([cid, name]) + "\n")
                 chunk: list[list[object]] = []
-                for rec in _records(db, seg, arrays):
-                    chunk.append(rec)
+                for rowid, rid, raw in db.execute(
+                    "SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
+                    "ORDER BY embedding_id",
+                    (seg,),
+                ):
+                    seq = _seq(raw)
+                    chunk.append([str(rid), seq])
                     total += 1
-                    if ends_chunk(str(rec[0])):
+                    top = seq if top is None or seq > top else top
+                    if since is not None and seq > since:
+                        fresh.append((cid, seq, rowid, str(rid)))
+                    if ends_chunk(str(rid)):
                         flush(chunk)
                 flush(chunk)
+            fresh.sort()
+            for i in range(0, len(fresh), VERSION_CHUNK):
+                part = fresh[i : i + VERSION_CHUNK]
+                for cid in sorted({c for c, *_ in part}):
+                    mine = [(q, r, rid) for c, q, r, rid in part if c == cid]
+                    hashes = content_hashes(db, [r for _, r, _ in mine])
+                    body = json.dumps([[q, rid, *hashes[r]] for q, r, rid in mine], separators=(",", ":"))
+                    fh.write(f"V\t{cid}\t{mine[0][0]}\t{len(mine)}\t{body}\n")
+            fh.write(f"W\t{json.dumps(top)}\n")
             fh.flush()
             os.fsync(fh.fileno())
     finally:
@@ -218,9 +243,34 @@ def write_records(sqlite_path: Path, out: Path) -> int:
     return total
 
 
+def record_hashes(sqlite_path: Path, collection_id: str, ids: list[str]) -> dict[str, list[object]]:
+    """[seq_id, document hash, metadata hash] of the named records of one collection of a
+    quiescent chroma.sqlite3 (for versions a record index does not hold)."""
+    db = sqlite3.connect(f"file:{sqlite_path}?mode=ro&immutable=1", uri=True)
+    try:
+        seg = next((s for c, _n, s in collection_segments(db) if c == collection_id), None)
+        if seg is None:
+            return {}
+        found: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(ids), BATCH):
+            part = ids[i : i + BATCH]
+            marks = ",".join("?" * len(part))
+            for rowid, rid, raw in db.execute(
+                f"SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ? "
+                f"AND embedding_id IN ({marks})",
+                (seg, *part),
+            ):
+                found[str(rid)] = (rowid, _seq(raw))
+        hashes = content_hashes(db, [r for r, _ in found.values()])
+        return {rid: [seq, *hashes[r]] for rid, (r, seq) in found.items()}
+    finally:
+        db.close()
+
+
 def main() -> int:
     live, dest = Path(sys.argv[1]), Path(sys.argv[2])
     records = Path(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--records" else None
+    since = int(sys.argv[6]) if len(sys.argv) > 6 and sys.argv[5] == "--since" else None
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     try:
@@ -233,7 +283,7 @@ def main() -> int:
                     raise
         if records is not None:
             try:
-                result["records"] = write_records(dest, records)
+                result["records"] = write_records(dest, records, since)
             except sqlite3.Error as exc:  # an unreadable schema costs the index, not the snapshot
                 records.unlink(missing_ok=True)
                 result["records_error"] = f"{type(exc).__name__}: {exc}"
