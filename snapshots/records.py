@@ -86,15 +86,27 @@ def _index(
 def store_records(writer: BlobWriter, path: Path, inherited: list[VersionChunkRef]) -> str:
     """Store the child's lines as chunk blobs and a directory blob (whose key it returns);
     the versions chunks of the parent snapshot are `inherited`."""
-    pending: list[Future[list[str]]] = []
+    bodies: list[bytes] = []
 
     def add(body: bytes) -> str:  # the key is filled in once the writer has hashed it
-        pending.append(writer.add([body], "records"))
+        bodies.append(body)
         return "0" * 64
 
     index, made = _index(path, add, inherited)
-    for ref, fut in zip(made, pending, strict=True):
-        ref.key = fut.result()[0]
+    pending: list[Future[list[str]]] = []
+    batch: list[bytes] = []
+    size = 0
+    for body in bodies:  # about 1 MiB per task: fewer, larger tasks for the writer's pool
+        batch.append(body)
+        size += len(body)
+        if size >= 1 << 20:
+            pending.append(writer.add(batch, "records"))
+            batch, size = [], 0
+    if batch:
+        pending.append(writer.add(batch, "records"))
+    keys = [k for fut in pending for k in fut.result()]
+    for ref, key in zip(made, keys, strict=True):
+        ref.key = key
     return writer.add_sync(dumps(index), "records")
 
 
