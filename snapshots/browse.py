@@ -1,6 +1,7 @@
 """Browsing snapshots by collection and record: diff, find, peek, export, and restoring
-one collection. `diff` and `find` read record indexes only; `peek` reads a private copy
-of a snapshot's chroma.sqlite3 with sqlite3; `export` and collection restore read the
+one collection. `diff` and `find` read record indexes (and, for versions an index does not
+hold, a private copy of chroma.sqlite3); `peek` reads a private copy of a snapshot's
+chroma.sqlite3 with sqlite3; `export` and collection restore read the
 embeddings through chromadb in a child process (collection_child.py).
 """
 

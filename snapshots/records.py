@@ -1,11 +1,13 @@
-"""The record index: every record of a snapshot as (id, seq_id, document hash, metadata
-hash), so that `diff` and `find` never materialize chroma.sqlite3.
+"""The record index: every record of a snapshot as (id, seq_id), and the document and
+metadata hashes of record versions, so that `diff` and `find` rarely materialize
+chroma.sqlite3 (docs/format.md).
 
 The SqliteCopy child writes the rows of its private copy (`sqlite_copy.write_records`)
 while the parent reads the segment folders; `store_records` turns them into blobs: one
-per content-defined chunk of ids (deduplicated like any other blob) and a directory blob
-(`RecordIndex`) that the snapshot names. Older snapshots without an index, and the live
-database, get the same view computed on the fly from a private copy of chroma.sqlite3.
+per content-defined chunk of ids (deduplicated like any other blob), versions chunks, and
+a directory blob (`RecordIndex`) that the snapshot names. Older snapshots without an
+index, and the live database, get the same view computed from a private copy of
+chroma.sqlite3.
 """
 
 from __future__ import annotations
@@ -222,7 +224,7 @@ class Side:
                 out[rid] = got
         if missing:
             for rid, (_seq, doc, meta) in record_hashes(self._sqlite(), view.id, missing).items():
-                out[rid] = (doc, meta)  # type: ignore[assignment]
+                out[rid] = (doc, meta)
         return out
 
 

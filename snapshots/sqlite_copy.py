@@ -241,7 +241,9 @@ def write_records(sqlite_path: Path, out: Path, since: int | None = None) -> int
     return total
 
 
-def record_hashes(sqlite_path: Path, collection_id: str, ids: list[str]) -> dict[str, list[object]]:
+def record_hashes(
+    sqlite_path: Path, collection_id: str, ids: list[str]
+) -> dict[str, tuple[int, str | None, str]]:
     """[seq_id, document hash, metadata hash] of the named records of one collection of a
     quiescent chroma.sqlite3 (for versions a record index does not hold)."""
     db = sqlite3.connect(f"file:{sqlite_path}?mode=ro&immutable=1", uri=True)
@@ -260,7 +262,7 @@ def record_hashes(sqlite_path: Path, collection_id: str, ids: list[str]) -> dict
             ):
                 found[str(rid)] = (rowid, _seq(raw))
         hashes = content_hashes(db, [r for r, _ in found.values()])
-        return {rid: [seq, *hashes[r]] for rid, (r, seq) in found.items()}
+        return {rid: (seq, *hashes[r]) for rid, (r, seq) in found.items()}
     finally:
         db.close()
 
