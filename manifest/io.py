@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from blake3 import blake3
 from pydantic import BaseModel, ValidationError
 
-from .models import FORMAT_VERSION, ChunkListDoc, Snapshot, StoreConfig
+from .models import FORMAT_VERSION, ChunkListDoc, RecordIndex, Snapshot, StoreConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -87,4 +87,5 @@ def json_schemas() -> dict[str, Any]:
         "store_config": StoreConfig.model_json_schema(),
         "snapshot": Snapshot.model_json_schema(),
         "chunk_list": ChunkListDoc.model_json_schema(),
+        "record_index": RecordIndex.model_json_schema(),
     }

@@ -77,6 +77,6 @@ def test_garbage_is_a_one_line_error() -> None:
 def test_json_schema_covers_every_document() -> None:
     schemas = json_schemas()
     assert schemas["format_version"] == FORMAT_VERSION
-    assert {"store_config", "snapshot", "chunk_list"} <= set(schemas)
+    assert {"store_config", "snapshot", "chunk_list", "record_index"} <= set(schemas)
     assert "wal" in schemas["snapshot"]["properties"]
     json.dumps(schemas)  # serializable as is
