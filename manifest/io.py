@@ -20,11 +20,21 @@ class ManifestError(ValueError):
 def dumps(model: BaseModel) -> bytes:
     """Canonical JSON (sorted keys, no whitespace) so equal records hash equally."""
     data = model.model_dump(mode="json")
+    if isinstance(model, Snapshot):
+        data = _without_absent(data)
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
 MUTABLE = ("id", "verifications", "events", "pinned")
 """Fields of a snapshot document that its id does not cover."""
+ADDED_OPTIONAL = ("records",)
+"""Snapshot fields added after format 1 whose None means "absent": they are left out of
+the document and of the id, so a format-1 document rewritten (a verification appended)
+keeps its id and stays readable by the chromasnap that wrote it."""
+
+
+def _without_absent(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if not (k in ADDED_OPTIONAL and v is None)}
 
 
 def snapshot_id(snap: Snapshot | dict[str, Any]) -> str:
@@ -33,7 +43,7 @@ def snapshot_id(snap: Snapshot | dict[str, Any]) -> str:
     Given the parsed document (a dict), the id covers exactly what was written, so fields
     that a later version adds with defaults never invalidate an older document's id.
     """
-    data = snap if isinstance(snap, dict) else snap.model_dump(mode="json")
+    data = _without_absent(snap if isinstance(snap, dict) else snap.model_dump(mode="json"))
     core = {k: v for k, v in data.items() if k not in MUTABLE}
     raw = json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
     return blake3(raw).hexdigest()

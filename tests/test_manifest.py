@@ -80,3 +80,30 @@ def test_json_schema_covers_every_document() -> None:
     assert {"store_config", "snapshot", "chunk_list", "record_index"} <= set(schemas)
     assert "wal" in schemas["snapshot"]["properties"]
     json.dumps(schemas)  # serializable as is
+
+
+def test_a_format_1_document_rewritten_keeps_its_id_and_its_readers() -> None:
+    """A snapshot written before `records` existed, then rewritten by this version (a
+    verification appended): same id, no new key, so the older chromasnap still reads it."""
+    from datetime import UTC, datetime
+
+    from chromasnap.manifest import Snapshot, Verification, WalState, dumps, load_snapshot, snapshot_id
+
+    doc = Snapshot(
+        id="0" * 64,
+        created_at=datetime.now(UTC),
+        reason="manual",
+        source="/data/chroma",
+        wal=WalState(journal_mode="delete"),
+    ).model_dump(mode="json")
+    del doc["records"]
+    doc["format_version"] = 1
+    doc["id"] = snapshot_id(doc)
+    raw = json.dumps(doc).encode()
+    snap = load_snapshot(raw, "old.json")
+    snap.verifications.append(
+        Verification(at=datetime.now(UTC), mode="quick", verdict="ok", ok=True, duration_s=0.1)
+    )
+    again = dumps(snap)
+    assert "records" not in json.loads(again)
+    assert load_snapshot(again, "old.json").id == doc["id"]
