@@ -486,25 +486,17 @@ def _peek(
 
 def _run_child(python: str | None, args: list[str], timeout: float | None) -> dict[str, Any]:
     from . import collection_child
+    from .checker import kill_group, spawn_child
 
     interpreter = python or sys.executable
-    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONDONTWRITEBYTECODE": "1"}
     try:
-        proc = subprocess.Popen(
-            [interpreter, collection_child.__file__, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
+        proc = spawn_child([interpreter, collection_child.__file__, *args])
     except OSError as exc:
         raise UsageError(f"cannot start {interpreter}: {exc.strerror or exc}") from None
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, 9)
+        kill_group(proc)
         proc.wait()
         if isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
             raise ChromasnapError(f"chromadb did not finish within {timeout:g} s") from None

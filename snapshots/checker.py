@@ -195,17 +195,8 @@ def run_probe(
     """Open `db` with chromadb in a child process and classify what happened."""
     interpreter = python or sys.executable
     t0 = time.monotonic()
-    cmd = [interpreter, probe_script.__file__, str(db), "--sample", str(sample)]
-    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONDONTWRITEBYTECODE": "1"}
     try:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
+        proc = spawn_child([interpreter, probe_script.__file__, str(db), "--sample", str(sample)])
     except OSError as exc:
         return ProbeReport(
             verdict="exception",
@@ -216,7 +207,7 @@ def run_probe(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_group(proc)
         out, err = proc.communicate()
         return ProbeReport(
             verdict="timeout",
@@ -227,7 +218,7 @@ def run_probe(
             duration_s=time.monotonic() - t0,
         )
     except BaseException:
-        _kill_group(proc)
+        kill_group(proc)
         proc.wait()
         raise
     duration = time.monotonic() - t0
@@ -341,7 +332,17 @@ def compare(report: ProbeReport, expected: WalState | None) -> list[str]:
     return problems
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def spawn_child(cmd: list[str]) -> subprocess.Popen[str]:
+    """Start a chromadb child (probe, collection export or restore) in a session of its own,
+    so that it and anything it starts can be killed as a group; no telemetry, no .pyc."""
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a child started by `spawn_child` and its own children."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
