@@ -87,9 +87,8 @@ def referenced_blobs(repo: Repository, snap: Snapshot) -> set[str]:
     keys: set[str] = set()
     try:
         keys |= referenced(repo, snap)
-    except StoreError:
-        keys.add(snap.records or "")
-        keys.discard("")
+    except StoreError:  # an unreadable index still names its directory blob
+        keys |= {snap.records} if snap.records else set()
     for f in snap.files:
         keys.add(f.chunk_list)
         try:
