@@ -36,7 +36,13 @@ def verify_cmd(
     refs = None if all_ else (ids or ["latest"])
     reports = mgr.verify_many(refs, quick=quick, python=python, timeout=timeout)
     if json_out:
-        print_json([{"id": r.id, "ok": r.ok, "verdict": r.verdict, "detail": r.detail} for r in reports])
+        print_json(
+            [
+                {"id": r.id, "ok": r.ok, "verdict": r.verdict, "detail": r.detail}
+                | ({"restorable": True} if r.restorable else {})
+                for r in reports
+            ]
+        )
     else:
         for r in reports:
             mark = "ok  " if r.ok else "FAIL"

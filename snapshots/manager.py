@@ -249,19 +249,25 @@ class SnapshotManager:
         reports = []
         for snap in snaps:
             t0 = time.monotonic()
+            probe = None
             if quick:
                 problems, checked = checker.check_objects(repo, snap, verified, progress)
             else:  # extracting checks every blob and every whole-file hash on the way
-                probe, problems = self._probe_snapshot(snap, python, timeout)
-                checked = snap.totals.data_bytes if not problems else 0
+                probe, problems = self._probe_snapshot(snap, python, timeout, verified)
+                checked = snap.totals.data_bytes if probe is not None else 0
             if problems:
+                detail = self._damage_detail(problems)
+                if probe is not None:  # only pack hashes failed: the content was probed
+                    detail += f"; probe {probe.verdict}: {probe.detail}"
                 report = checker.VerifyReport(
                     id=snap.id,
                     ok=False,
                     verdict="damaged",
                     mode="quick" if quick else "full",
-                    detail=self._damage_detail(problems),
+                    detail=detail,
                     checked_bytes=checked,
+                    probe=probe,
+                    restorable=probe is not None and probe.ok,
                 )
             elif quick:
                 report = checker.VerifyReport(
@@ -302,12 +308,36 @@ class SnapshotManager:
                     users.append(s.short_id)
             blobs = ", ".join(sorted(prefixes))
             detail += f"; damaged blob(s) {blobs} referenced by snapshots {', '.join(users)}"
+        packs = {p for p in (checker.damaged_pack_id(x) for x in problems) if p}
+        if packs:
+            index = self.repo.index()
+            users = [
+                s.short_id
+                for s in self.list()
+                if any(
+                    (loc := index.get(k)) and loc.pack[:16] in packs
+                    for k in checker.referenced_blobs(self.repo, s)
+                )
+            ]
+            held = ", ".join(sorted(packs))
+            detail += f"; damaged pack(s) {held} hold blobs of snapshots {', '.join(users)}"
+            if all(checker.damaged_pack_id(x) for x in problems):
+                detail += (
+                    "; every blob these snapshots need still matches its hash, so they restore"
+                    " as recorded, but the disk under the store deserves a check"
+                )
         return detail
 
     def _probe_snapshot(
-        self, snap: Snapshot, python: str | None, timeout: float | None
+        self,
+        snap: Snapshot,
+        python: str | None,
+        timeout: float | None,
+        verified: dict[str, str | None],
     ) -> tuple[ProbeReport | None, builtins.list[str]]:
-        """Extract privately (checking every byte) and probe; or the damage found."""
+        """Extract privately (checking every blob) and probe; with any pack whose hash fails.
+
+        No probe (None) when a blob or the record index is damaged."""
         import shutil
 
         from . import checker
@@ -326,8 +356,9 @@ class SnapshotManager:
             damaged = check(self.repo, snap)
             if damaged:
                 return None, damaged
+            packs = checker.check_packs(self.repo, snap, verified)  # content intact: still probe
             probe = checker.run_probe(db, snap.wal, python, timeout or checker.DEFAULT_TIMEOUT)
-            return probe, []
+            return probe, packs
         finally:  # also on Ctrl-C: the private copy never outlives the check
             shutil.rmtree(work, ignore_errors=True)
 

@@ -152,7 +152,7 @@ def recover(
         except ChromasnapError:
             continue
         tried.append(f"{sid[:12]}:{report.verdict}")
-        if not report.ok:
+        if not (report.ok or report.restorable):  # a pack's bit rot alone does not lose data
             continue
         res = restore(mgr, sid, verify=False, backup=False, force=True, python=python, timeout=timeout)
         _clear(mgr, intents)

@@ -11,8 +11,11 @@ import venv
 from pathlib import Path
 
 import pytest
+import zstandard
+from blake3 import blake3
 
-from chromasnap.snapshots import sample
+from chromasnap.manifest import Snapshot
+from chromasnap.snapshots import SnapshotManager, sample
 
 SAMPLE = sample.__file__
 CACHE = Path(os.environ.get("CHROMASNAP_TEST_CACHE", Path.home() / ".cache" / "chromasnap-tests"))
@@ -42,6 +45,30 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not p.is_symlink()
     }
+
+
+def flip_ignored_bit(mgr: SnapshotManager, snap: Snapshot) -> tuple[str, str]:
+    """Flip, in place, a bit of a stored vector chunk that zstd's decoder ignores (the blob
+    still decodes to its hash); returns (blob key, pack id). Skips the test if none exists."""
+    level0 = next(f for f in snap.files if f.layout == "hnsw-split" and f.size > 1 << 20)
+    key = mgr.repo.read_chunk_list(level0.chunk_list).list.vectors[0][0]  # type: ignore[union-attr]
+    loc = mgr.repo.index()[key]
+    pack = mgr.store_path / "packs" / loc.pack[:2] / loc.pack
+    data = bytearray(pack.read_bytes())
+    body = bytes(data[loc.offset : loc.offset + loc.length])
+    dctx = zstandard.ZstdDecompressor()
+    for i in range(len(body)):
+        flipped = bytearray(body)
+        flipped[i] ^= 0x01
+        try:
+            raw = dctx.decompress(bytes(flipped), max_output_size=loc.raw_length)
+        except zstandard.ZstdError:
+            continue
+        if blake3(raw).hexdigest() == key:
+            data[loc.offset + i] ^= 0x01
+            pack.write_bytes(bytes(data))
+            return key, loc.pack
+    pytest.skip("this chunk's zstd frame has no bit its decoder ignores")
 
 
 @pytest.fixture(scope="session")

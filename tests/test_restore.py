@@ -16,7 +16,7 @@ from test_verify import _corrupt_links, cli
 from chromasnap.snapshots import SnapshotManager, StoreError
 from chromasnap.snapshots.restore import RestoreRefused
 from chromasnap.snapshots.swap import is_mount_point
-from conftest import counts, run_sample, tree_bytes
+from conftest import counts, flip_ignored_bit, run_sample, tree_bytes
 
 CHILD = """
 import os, signal, sys
@@ -273,6 +273,22 @@ def test_recover_restores_the_newest_snapshot_that_verifies(db: Path) -> None:
     assert tree_bytes(db) == good_state
     assert res.kept_path and tree_bytes(Path(res.kept_path)) == broken_state
     assert mgr.recover().action == "none"
+
+
+def test_recover_uses_a_snapshot_whose_pack_failed_only_its_hash(db: Path) -> None:
+    """Bit rot where zstd's decoder ignores it fails `verify`, but the content restores as
+    recorded: recovery must not fall back to older data because of it."""
+    mgr = SnapshotManager(db)
+    older = mgr.snapshot()
+    run_sample("grow", str(db), "--fraction", "0.1")
+    newest = mgr.snapshot()
+    newest_state = tree_bytes(db)
+    flip_ignored_bit(mgr, newest)
+    _corrupt_links(db)
+    res = mgr.recover()
+    assert res.action == "restored" and res.snapshot == newest.id != older.id
+    assert res.tried == [f"{newest.id[:12]}:damaged"]
+    assert tree_bytes(db) == newest_state
 
 
 def test_recover_with_nothing_to_restore(db: Path) -> None:
