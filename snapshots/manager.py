@@ -244,6 +244,7 @@ class SnapshotManager:
         from . import checker
 
         repo = self.repo
+        repo.refresh_index()  # another process may have pruned since this manager looked
         snaps = [self.get(r) for r in refs] if refs is not None else self.list()
         verified: dict[str, str | None] = {}
         reports = []

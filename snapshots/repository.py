@@ -43,6 +43,7 @@ class Repository:
         self.config = config
         self._index: dict[str, BlobLocation] | None = None
         self._dctx = threading.local()
+        self._index_lock = threading.Lock()
 
     # --- opening ------------------------------------------------------------------
 
@@ -76,22 +77,30 @@ class Repository:
         return self._index
 
     def refresh_index(self) -> None:
-        """Load index files written since the last look (by this or another process)."""
+        """Load index files written since the last look (by this or another process).
+
+        When a known index file is gone, another process's gc consolidated them and moved
+        blobs to new packs: the map is reloaded whole, in place (a BlobWriter holds it)."""
         idx = self.index()
-        for name in self.backend.list("index"):
-            if name in self._index_files:
-                continue
-            try:
-                doc = json.loads(self.backend.read(name))
-                for pack in doc["packs"]:
-                    pid = pack["id"]
-                    for key, btype, off, length, raw in pack["blobs"]:
-                        idx[key] = BlobLocation(pid, btype, off, length, raw)
-            except (ValueError, KeyError, TypeError, StoreError):
-                # A damaged index file loses only dedup knowledge; the packs still
-                # describe themselves, and verify reports what cannot be found.
-                pass
-            self._index_files.add(name)
+        with self._index_lock:
+            names = self.backend.list("index")
+            if not self._index_files <= set(names):
+                idx.clear()
+                self._index_files.clear()
+            for name in names:
+                if name in self._index_files:
+                    continue
+                try:
+                    doc = json.loads(self.backend.read(name))
+                    for pack in doc["packs"]:
+                        pid = pack["id"]
+                        for key, btype, off, length, raw in pack["blobs"]:
+                            idx[key] = BlobLocation(pid, btype, off, length, raw)
+                except (ValueError, KeyError, TypeError, StoreError):
+                    # A damaged index file loses only dedup knowledge; the packs still
+                    # describe themselves, and verify reports what cannot be found.
+                    pass
+                self._index_files.add(name)
 
     def index_files(self) -> list[str]:
         return self.backend.list("index")
@@ -111,7 +120,15 @@ class Repository:
             loc = self.index().get(key)
         if loc is None:
             raise StoreError(f"blob {key[:16]} is not in the store's index")
-        body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
+        try:
+            body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
+        except StoreError:  # another process's gc may have moved it since the index was read
+            self.refresh_index()
+            moved = self.index().get(key)
+            if moved is None or moved == loc:
+                raise
+            loc = moved
+            body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
         dctx = getattr(self._dctx, "d", None)
         if dctx is None:
             dctx = self._dctx.d = zstandard.ZstdDecompressor()

@@ -17,7 +17,7 @@ from test_verify import cli
 from chromasnap.manifest import RetentionPolicy, Snapshot, Verification, WalState
 from chromasnap.snapshots import SnapshotManager, UsageError
 from chromasnap.snapshots.retention import decide, parse_duration
-from conftest import run_sample
+from conftest import run_sample, tree_bytes
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -116,6 +116,21 @@ def _trailer_bytes(mgr: SnapshotManager) -> int:
         data = p.read_bytes()
         total += int.from_bytes(data[-12:-8], "little") + 12
     return total
+
+
+def test_a_long_lived_manager_reads_after_another_process_pruned(db: Path, tmp_path: Path) -> None:
+    """gc in another process repacks blobs and deletes their old packs: a manager that loaded
+    the index before finds them again."""
+    mgr = _grown_store(db, 3)
+    ids = [s.id for s in mgr.list()]
+    assert mgr.repo.index()
+    r = cli("prune", "--keep-last", "1", "--db", str(db), "--json")
+    assert r.returncode == 0, r.stderr
+    mgr.backend.close()  # pack fds it kept open would still read the deleted packs
+    out = mgr.extract(ids[-1], tmp_path / "out")
+    assert tree_bytes(out) == tree_bytes(db)
+    [report] = mgr.verify_many(None, quick=True)
+    assert report.ok, report.detail
 
 
 def test_policy_set_show_and_bad_values(db: Path) -> None:
