@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -89,10 +90,18 @@ class Backend(ABC):
 class LocalBackend(Backend):
     """A store in a local directory: files 0600, folders 0700, every write via temp+fsync+rename."""
 
+    MAX_FDS = 64
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.location = str(root)
+        # Open pack fds, shared by reader threads. An fd that leaves the cache (too many
+        # open, `remove`, `close`) is closed once no pread on it is in flight: closing it
+        # under a reader would fail that read, or let a new open reuse its number.
         self._fds: dict[str, int] = {}
+        self._fd_lock = threading.Lock()
+        self._in_flight: dict[int, int] = {}  # fd -> preads running on it
+        self._retired: set[int] = set()  # out of the cache, closed when its last pread ends
 
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
@@ -114,10 +123,11 @@ class LocalBackend(Backend):
             raise StoreError(f"cannot read {name} in {self.location}: {exc.strerror}") from None
 
     def _fd(self, name: str) -> int:
+        """A cached read-only fd for `name`; the caller holds `_fd_lock`."""
         fd = self._fds.get(name)
         if fd is None:
-            if len(self._fds) > 64:
-                self.close()
+            if len(self._fds) >= self.MAX_FDS:
+                self._retire_all()
             try:
                 fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW)
             except FileNotFoundError:
@@ -125,8 +135,27 @@ class LocalBackend(Backend):
             self._fds[name] = fd
         return fd
 
+    def _retire(self, fd: int) -> None:
+        """Close `fd`, now or when its last pread ends; the caller holds `_fd_lock`."""
+        if self._in_flight.get(fd):
+            self._retired.add(fd)
+        else:
+            os.close(fd)
+
     def read_range(self, name: str, offset: int, length: int) -> bytes:
-        data = os.pread(self._fd(name), length, offset)
+        with self._fd_lock:
+            fd = self._fd(name)
+            self._in_flight[fd] = self._in_flight.get(fd, 0) + 1
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            with self._fd_lock:
+                self._in_flight[fd] -= 1
+                if not self._in_flight[fd]:
+                    del self._in_flight[fd]
+                    if fd in self._retired:
+                        self._retired.discard(fd)
+                        os.close(fd)
         if len(data) != length:
             raise StoreError(f"store file {name} is truncated (wanted {length} bytes at {offset})")
         return data
@@ -153,9 +182,10 @@ class LocalBackend(Backend):
 
     def remove(self, name: str) -> None:
         path = self._path(name)
-        fd = self._fds.pop(name, None)
-        if fd is not None:
-            os.close(fd)
+        with self._fd_lock:
+            fd = self._fds.pop(name, None)
+            if fd is not None:
+                self._retire(fd)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             fsutil.fsync_dir(path.parent)
@@ -201,6 +231,12 @@ class LocalBackend(Backend):
             lock.release()
 
     def close(self) -> None:
+        """Close the cached fds (those in use by a read, when it ends): also how a reader lets
+        go of packs another process's gc deleted."""
+        with self._fd_lock:
+            self._retire_all()
+
+    def _retire_all(self) -> None:
         for fd in self._fds.values():
-            os.close(fd)
+            self._retire(fd)
         self._fds.clear()

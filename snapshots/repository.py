@@ -87,6 +87,7 @@ class Repository:
             if not self._index_files <= set(names):
                 idx.clear()
                 self._index_files.clear()
+                self.backend.close()  # let go of the deleted packs' space
             for name in names:
                 if name in self._index_files:
                     continue
