@@ -623,7 +623,8 @@ class CaptureStats:
     changed_rereads: int = 0
     """Folder re-reads because a file changed while it was read (size, mtime, ctime, inode)."""
     torn_rereads: int = 0
-    """Folder re-reads because the files read did not form one save (the structural check)."""
+    """Folder reads whose files did not form one save (the structural check): each is
+    read again, or the folder is refused or captured as damaged."""
     damaged_folders: int = 0
     """Folders captured as found: inconsistent, and unchanged over AT_REST_S."""
     lock_held_s: float = 0.0

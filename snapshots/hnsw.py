@@ -7,6 +7,7 @@ parts as separate streams lets an incremental snapshot re-store only the links.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass
 
@@ -98,13 +99,13 @@ def link_list_records(raw: bytes, header: HnswHeader) -> tuple[int, str | None]:
     if len(raw) % 4:
         return 0, f"has {len(raw)} bytes, not a whole number of 4-byte words"
     words = np.frombuffer(raw, dtype="<u4")
-    nonzero = np.flatnonzero(words)
+    nonzero = np.flatnonzero(words).tolist()  # bisect on a list: no numpy call per record
     want = header.cur_element_count
     i = n = 0
     end = len(words)
     while i < end and n <= want:
-        j = int(np.searchsorted(nonzero, i))
-        nxt = int(nonzero[j]) if j < len(nonzero) else end
+        j = bisect.bisect_left(nonzero, i)
+        nxt = nonzero[j] if j < len(nonzero) else end
         n += nxt - i  # elements on level 0 only: a zero count each
         i = nxt
         if i >= end or n > want:
@@ -166,39 +167,14 @@ def pickle_structure(raw: bytes) -> tuple[bool | None, int | None]:
     total: int | None = None
     want_total = False
     key = b"total_elements_added"
-    u32 = struct.Struct("<I").unpack_from
-    while pos < end:
-        op = raw[pos]
-        # fast path: the id maps are runs of (BINUNICODE, BININT) pairs and the reverse
-        if op == 0x58 and pos + 5 <= end:  # BINUNICODE (X)
-            length = u32(raw, pos + 1)[0]
-            if length != 20 or total is not None:
-                pos += 5 + length
-                want_total = False
-                continue
-        if op == 0x4A and not want_total:  # BININT (J)
-            pos += 5
-            continue
-        entry = table.get(op)
-        if entry is None:
+    while pos < end and total is None:  # the head: find total_elements_added
+        n, name = table.get(raw[pos], (None, ""))
+        if n is None:
             return None, total
-        n, name = entry
         start = text = pos + 1
-        if n >= 0:
-            pos = start + n
-        elif n in (-1, -6):  # one or two newline-terminated arguments
-            nl = raw.find(b"\n", start)
-            if n == -6 and nl >= 0:
-                nl = raw.find(b"\n", nl + 1)
-            if nl < 0:
-                return False, total
-            pos = nl + 1
-        else:
-            width = {-2: 1, -3: 4, -4: 4, -5: 8}.get(n)
-            if width is None:
-                return None, total
-            text = start + width
-            pos = text + int.from_bytes(raw[start:text], "little")
+        pos, text = _argument_end(raw, start, n)
+        if pos < 0:
+            return (None if pos == -2 else False), total
         if pos > end:
             return False, total
         if name == "STOP":
@@ -213,7 +189,56 @@ def pickle_structure(raw: bytes) -> tuple[bool | None, int | None]:
                 total = int.from_bytes(arg[1:], "little", signed=True)
         if name not in _MEMO_OPS:  # a memo store between the key and its value
             want_total = total is None and name in _TEXT_OPS and raw[text:pos] == key
-    return False, total
+    return _walk_to_stop(raw, pos, table), total
+
+
+def _argument_end(raw: bytes, start: int, n: int) -> tuple[int, int]:
+    """(end of an opcode's argument, start of its text) given pickletools' argument size
+    code `n`; (-1, _) when it runs off the end, (-2, _) when the code is unknown."""
+    if n >= 0:
+        return start + n, start
+    if n in (-1, -6):  # one or two newline-terminated arguments
+        nl = raw.find(b"\n", start)
+        if n == -6 and nl >= 0:
+            nl = raw.find(b"\n", nl + 1)
+        return (nl + 1 if nl >= 0 else -1), start
+    width = {-2: 1, -3: 4, -4: 4, -5: 8}.get(n)
+    if width is None:
+        return -2, start
+    return start + width + int.from_bytes(raw[start : start + width], "little"), start + width
+
+
+def _walk_to_stop(raw: bytes, pos: int, table: dict[int, tuple[int, str]]) -> bool | None:
+    """The rest of the walk: the id maps are runs of (BINUNICODE, BININT) pairs and the
+    reverse, taken two opcodes at a time."""
+    end = len(raw)
+    u32 = struct.Struct("<I").unpack_from
+    while pos < end:
+        op = raw[pos]
+        if op == 0x58:  # BINUNICODE: X, u32 length, text
+            if pos + 5 > end:
+                return False
+            pos += 5 + u32(raw, pos + 1)[0]
+            if pos < end and raw[pos] == 0x4A:  # BININT: J, 4 bytes
+                pos += 5
+            continue
+        if op == 0x4A:
+            pos += 5
+            if pos + 5 <= end and raw[pos] == 0x58:
+                pos += 5 + u32(raw, pos + 1)[0]
+            continue
+        entry = table.get(op)
+        if entry is None:
+            return None
+        nxt, _text = _argument_end(raw, pos + 1, entry[0])
+        if nxt == -2:
+            return None
+        if nxt < 0 or nxt > end:
+            return False
+        if entry[1] == "STOP":
+            return nxt == end
+        pos = nxt
+    return False
 
 
 @dataclass
