@@ -1,10 +1,13 @@
 """Torture suite: real kills, real corruption, hostile input and concurrency, counted.
 
     python bench/torture.py            # the short form (also run by tests/test_torture.py)
-    python bench/torture.py --long     # 500 kills, 1000 flips, every bad input, 60 s of concurrency
+    python bench/torture.py --long     # 500 kills, 1000 flips, every bad input, 60 s of concurrency,
+                                       # 200 snapshots under a writer saving its HNSW every 100 records
+    python bench/torture.py --persist-only --persist 200
 
 Prints one summary line: `kills K, lost L; flips F, undetected U; bad inputs B, tracebacks T;
-concurrency C ops, torn 0`. Everything is real: chromadb databases built with explicit
+concurrency C ops, torn 0`, and one for the persist part: snapshots taken and refused, torn
+ones (0), and how often a folder was re-read because it was caught mid-save. Everything is real: chromadb databases built with explicit
 embeddings, child processes killed with SIGKILL, bytes flipped in real store files, the
 real CLI. The only injected fault is the kill instant: a random delay.
 """
@@ -435,6 +438,96 @@ def concurrency(root: Path, seconds: float, t: Tally) -> None:
             t.wrong.append(f"torn snapshot {r.id[:12]}: {r.verdict} {r.detail[:200]}")
 
 
+# --- snapshots under a writer that saves its HNSW all the time ------------------------
+
+PERSIST_WRITER = """
+import sys, numpy as np, chromadb
+from chromadb.config import Settings
+db, prefill = sys.argv[1], int(sys.argv[2])
+client = chromadb.PersistentClient(path=db, settings=Settings(anonymized_telemetry=False))
+col = client.get_or_create_collection("live", embedding_function=None,
+    metadata={"hnsw:sync_threshold": 100, "hnsw:batch_size": 100})
+rng = np.random.default_rng(7)
+i = 0
+def add():
+    global i
+    col.add(ids=[f"w{i}-{k}" for k in range(50)], documents=["w"] * 50,
+            embeddings=rng.standard_normal((50, 384), dtype=np.float32))
+    i += 1
+while i * 50 < prefill:
+    add()
+print("READY", flush=True)
+while True:  # every second add saves the HNSW (sync_threshold 100): header, data, links, pickle
+    add()
+"""
+
+
+@dataclass
+class PersistTally:
+    snapshots: int = 0
+    taken: int = 0
+    failed: int = 0
+    torn: int = 0
+    """Snapshots taken (no error) that do not verify in full: must stay 0."""
+    torn_rereads: int = 0
+    """Folder re-reads because the files read were not one save (the structural check)."""
+    changed_rereads: int = 0
+    """Folder re-reads because a file changed while it was read."""
+    damaged: int = 0
+    wrong: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"persist: {self.snapshots} snapshots under a writer (sync_threshold 100): {self.taken} taken, "
+            f"{self.failed} refused, torn {self.torn}; folder re-reads: {self.torn_rereads} not one save, "
+            f"{self.changed_rereads} changed while read; {self.damaged} captured as damaged"
+        )
+
+
+def persist(root: Path, n: int, t: PersistTally, prefill: int = 1000) -> PersistTally:
+    """`n` snapshots while a writer adds 50 records at a time to a collection whose HNSW is
+    saved every 100 records. Every snapshot taken must verify in full; every refusal is
+    one line and leaves nothing listed."""
+    db = build(root / "persist-db", (300,))
+    writer = subprocess.Popen(
+        [PY, "-c", PERSIST_WRITER, str(db), str(prefill)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**ENV, "ANONYMIZED_TELEMETRY": "False"},
+    )
+    try:
+        assert writer.stdout is not None
+        if writer.stdout.readline().strip() != "READY":
+            t.wrong.append("the persist writer did not start")
+            return t
+        for _ in range(n):
+            mgr = SnapshotManager(db)
+            listed = len(mgr.list())
+            t.snapshots += 1
+            try:
+                mgr.snapshot(reason="torture")
+                t.taken += 1
+            except ChromasnapError as exc:
+                t.failed += 1
+                if "\n" in str(exc) or len(SnapshotManager(db).list()) != listed:
+                    t.wrong.append(f"a refused snapshot left something listed, or said: {exc}")
+            stats = getattr(mgr, "last_capture", None)  # (absent before issue 13)
+            if stats is not None:
+                t.torn_rereads += stats.torn_rereads
+                t.changed_rereads += stats.changed_rereads
+                t.damaged += stats.damaged_folders
+        if writer.poll() is not None:
+            t.wrong.append(f"the persist writer died ({writer.returncode})")
+    finally:
+        writer.kill()
+        writer.wait()
+    for r in SnapshotManager(db).verify_many(None):
+        if not r.ok:
+            t.torn += 1
+            t.wrong.append(f"torn snapshot {r.id[:12]}: {r.verdict} {r.detail[:300]}")
+    return t
+
+
 def run(root: Path, n_kills: int = 5, n_flips: int = 25, seconds: float = 12, seed: int = 1) -> Tally:
     """The short form by default; `--long` is 500 kills, 1000 flips, 60 s."""
     rng = random.Random(seed)
@@ -453,19 +546,31 @@ def main() -> int:
     ap.add_argument("--flips", type=int, default=None)
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument(
+        "--persist", type=int, default=None, help="snapshots under a saving writer (short 6, long 200)"
+    )
+    ap.add_argument("--persist-only", action="store_true", help="run only the persist part")
     a = ap.parse_args()
     n_kills = a.kills if a.kills is not None else (500 if a.long else 5)
     n_flips = a.flips if a.flips is not None else (1000 if a.long else 25)
     seconds = a.seconds if a.seconds is not None else (60 if a.long else 12)
     import tempfile
 
+    n_persist = a.persist if a.persist is not None else (200 if a.long else 6)
     root = a.dir or Path(tempfile.mkdtemp(prefix="chromasnap-torture-"))
     t0 = time.monotonic()
-    t = run(root, n_kills, n_flips, seconds)
-    for w in t.wrong:
+    wrong: list[str] = []
+    if not a.persist_only:
+        t = run(root, n_kills, n_flips, seconds)
+        wrong += t.wrong
+        print(f"{t.line()} ({time.monotonic() - t0:.0f} s)")
+    t1 = time.monotonic()
+    p = persist(root, n_persist, PersistTally())
+    wrong += p.wrong
+    print(f"{p.line()} ({time.monotonic() - t1:.0f} s)")
+    for w in wrong:
         print("PROBLEM", w)
-    print(f"{t.line()} ({time.monotonic() - t0:.0f} s)")
-    return 0 if not t.wrong else 1
+    return 0 if not wrong else 1
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def recover_cmd(
                 "snapshot": res.snapshot,
                 "reason": res.reason,
                 "kept_path": res.kept_path,
+                "warnings": res.warnings,
             }
         )
     else:
@@ -51,7 +52,7 @@ def recover_cmd(
         elif res.action == "restored":
             typer.echo(
                 f"restored {res.snapshot and res.snapshot[:12]} because {res.reason}; "
-                f"the broken database is kept at {res.kept_path}"
+                f"the replaced database is kept at {res.kept_path}"
             )
         elif res.action == "reset":
             typer.echo(
@@ -60,5 +61,7 @@ def recover_cmd(
             )
         else:
             typer.echo(f"failed: {res.reason}", err=True)
+        for w in res.warnings:
+            typer.echo(f"warning: {w}", err=True)
     if res.action == "failed":
         raise typer.Exit(1)

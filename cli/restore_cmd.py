@@ -17,7 +17,13 @@ def restore_cmd(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the chromadb probe.")] = False,
     no_backup: Annotated[bool, typer.Option("--no-backup", help="Skip the pre-restore snapshot.")] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Restore even while a process has the database open.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Restore even while a process has the database open. That process keeps using the "
+            "replaced directory: what it writes from then on is not in the restored database (and is "
+            "lost with the kept copy), and its reads go stale. Stop it instead if you can.",
+        ),
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     collection: Annotated[
@@ -81,6 +87,8 @@ def restore_cmd(
         typer.echo(f"the replaced directory is kept at {res.kept_path}")
     if res.detail:
         typer.echo(f"note: {res.detail}", err=True)
+    for w in res.warnings:
+        typer.echo(f"warning: {w}", err=True)
 
 
 def _restore_collection(

@@ -27,7 +27,7 @@ def dumps(model: BaseModel) -> bytes:
 
 MUTABLE = ("id", "verifications", "events", "pinned")
 """Fields of a snapshot document that its id does not cover."""
-ADDED_OPTIONAL = ("records",)
+ADDED_OPTIONAL = ("records", "owner")
 """Snapshot fields added after format 1 whose None means "absent": they are left out of
 the document and of the id, so a format-1 document rewritten (a verification appended)
 keeps its id and stays readable by the chromasnap that wrote it."""

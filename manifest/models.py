@@ -288,6 +288,13 @@ class Event(_Model):
     detail: str = ""
 
 
+class Owner(_Model):
+    """Numeric owner of the database directory when captured (names differ between hosts)."""
+
+    uid: int = Field(ge=0, le=0xFFFFFFFE)
+    gid: int = Field(ge=0, le=0xFFFFFFFE)
+
+
 class Snapshot(_Model):
     """One snapshot: `snapshots/<id>.json`. `id` is BLAKE3 over the record without
     `id` and the mutable `verifications`, `events` and `pinned` (see `snapshot_id`)."""
@@ -311,6 +318,11 @@ class Snapshot(_Model):
     wal: WalState
     records: Key | None = Field(
         None, description="blob holding the RecordIndex (ids, seq_ids, hashes) of chroma.sqlite3"
+    )
+    owner: Owner | None = Field(
+        None,
+        description="uid/gid of the database directory; a restore onto a bare path gives them back "
+        "(absent before chromasnap recorded owners)",
     )
     verifications: list[Verification] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)

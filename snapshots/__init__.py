@@ -13,6 +13,7 @@ from .errors import (
     SnapshotNotFound,
     StoreError,
     UsageError,
+    WriterBusy,
 )
 from .manager import SnapshotManager, default_store
 
@@ -27,5 +28,6 @@ __all__ = [
     "SnapshotNotFound",
     "StoreError",
     "UsageError",
+    "WriterBusy",
     "default_store",
 ]

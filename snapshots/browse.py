@@ -605,7 +605,7 @@ def restore_collection(
     """Bring one collection of a snapshot back into the live database (see
     `SnapshotManager.restore_collection`)."""
     from .extract import extract
-    from .guard import open_by
+    from .guard import describe_holders, open_by
     from .manager import check_database
 
     t0 = time.monotonic()
@@ -615,11 +615,16 @@ def restore_collection(
     _collection_of(snap, collection)
     target = as_name or collection
     _check_name(target)
-    if not force:
-        holders = open_by(db)
+
+    def refuse_if_held() -> None:
+        holders = [] if force else open_by(db)
         if holders:
-            pid, cmd = holders[0]
-            raise UsageError(f"pid {pid} ({cmd}) has files of {db} open; stop it first, or use --force")
+            raise UsageError(
+                f"{describe_holders(db, holders)}; stop it first, or use --force (its own view of "
+                "the database then goes stale, and what it writes may be lost or clash)"
+            )
+
+    refuse_if_held()
     work = rx.private_dir(mgr.repo, "restore-collection")
     try:
         if not replace and target in _live_collections(db, work):  # before any snapshot is taken
@@ -629,6 +634,7 @@ def restore_collection(
         with mgr.before_write(
             reason=f"restore collection {collection} from {snap.short_id}", snapshot_reason="pre-restore"
         ) as pre:
+            refuse_if_held()  # again: a process may have opened it since
             args = ["restore", str(src), str(db), collection, "--as", target, "--temp", temp]
             try:
                 report = _run_child(python, [*args, "--replace"] if replace else args, timeout)

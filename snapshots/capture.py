@@ -8,6 +8,7 @@ already holds; the reverse order could pair old HNSW files with a purged queue.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -71,7 +72,7 @@ class Scan:
 
 def scan(root: Path) -> Scan:
     """Walk the database folder without following symlinks; only regular files are kept."""
-    out = Scan(root_mode=stat.S_IMODE(os.lstat(root).st_mode))
+    out = Scan(root_mode=stat.S_IMODE(os.stat(root).st_mode))  # a symlinked database: its target
 
     def walk(rel: str) -> None:
         try:
@@ -191,6 +192,7 @@ class Capturer:
         self.chunking = repo.config.chunking
         self.progress = progress or _no_progress
         self.read_bytes = 0
+        self.stats = CaptureStats()
 
     # --- reading one file -----------------------------------------------------------
 
@@ -205,7 +207,11 @@ class Capturer:
             self.progress(len(block))
             yield block
 
-    def _plain(self, fd: int, size: int, chunk: int) -> tuple[PlainList, str, str]:
+    def _plain(
+        self, fd: int, size: int, chunk: int, keep: bytearray | None = None
+    ) -> tuple[PlainList, str, str]:
+        """Chunk a file by its data regions; with `keep`, also collect its bytes there (for
+        the folder check; left empty for a sparse file)."""
         extents = data_extents(fd, size)
         sparse = extents != ([(0, size)] if size else [])
         h = blake3()
@@ -217,6 +223,8 @@ class Capturer:
             for block in self._read(fd, off, length):
                 h.update(block)
                 chunker.feed(block)
+                if keep is not None and not sparse:
+                    keep += block
             out.append(Extent(offset=off, chunks=chunker.finish()))
         return PlainList(size=size, extents=out), h.hexdigest(), "extents" if sparse else "content"
 
@@ -252,11 +260,19 @@ class Capturer:
         return doc, h.hexdigest(), "content"
 
     def read_file(
-        self, root: Path, rel: str, chunk: int, header: hnsw.HnswHeader | None = None
+        self,
+        root: Path,
+        rel: str,
+        chunk: int,
+        header: hnsw.HnswHeader | None = None,
+        keep: bytearray | None = None,
     ) -> tuple[FileEntry, os.stat_result]:
-        """Read one file, retrying while it changes underneath us."""
+        """Read one file, retrying while it changes underneath us; with `keep`, the bytes
+        read (of the try that is returned) are left there."""
         path = root / rel
         for attempt in range(RETRIES):
+            if keep is not None:
+                keep.clear()
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             except OSError as exc:
@@ -271,7 +287,7 @@ class Capturer:
                     doc: PlainList | HnswSplitList
                     doc, digest, kind = self._split(fd, size, header)
                 else:
-                    doc, digest, kind = self._plain(fd, size, chunk)
+                    doc, digest, kind = self._plain(fd, size, chunk, keep)
                 after = os.fstat(fd)
             except OSError as exc:
                 raise CaptureError(f"cannot read {path}: {exc.strerror}") from None
@@ -365,6 +381,7 @@ class SqliteCopy:
         timeout: float = 300,
         records: bool = False,
         since: int | None = None,
+        hold: bool = False,
     ) -> None:
         from . import sqlite_copy
 
@@ -373,24 +390,48 @@ class SqliteCopy:
         extra = ["--records", str(self.records)] if self.records else []
         if self.records and since is not None:
             extra += ["--since", str(since)]
+        self.hold = hold
         self.proc = subprocess.Popen(
-            [sys.executable, sqlite_copy.__file__, str(live), str(dest), *extra],
+            [
+                sys.executable,
+                sqlite_copy.__file__,
+                *(["--hold"] if hold else []),
+                str(live),
+                str(dest),
+                *extra,
+            ],
+            stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.locked_at: float | None = None
+        self.held_s = 0.0
+
+    def release(self) -> None:
+        """End the read lock kept by `hold` (the child ends it by itself after HOLD_MAX s)."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.write("\n")
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            if self.locked_at is not None:
+                self.held_s = time.monotonic() - self.locked_at
 
     def start(self) -> SqliteCopy:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # "LOCKED", or the error report if it failed
         if line.strip() != "LOCKED":
             self._fail(line)
+        self.locked_at = time.monotonic()
         return self
 
     def finish(self) -> dict[str, Any]:
         # read through the same buffered pipe objects start() used (communicate() would
         # bypass what readline() already buffered); the child writes little
         assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.release()
         out = self.proc.stdout.read()
         err = self.proc.stderr.read()
         try:
@@ -424,6 +465,9 @@ class SqliteCopy:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         self.proc.wait()
         self.dest.unlink(missing_ok=True)
         if self.records is not None:
@@ -493,6 +537,9 @@ def capture(
             scratch / f"sqlite-{os.getpid()}-{os.urandom(4).hex()}",
             records=True,
             since=inherited[0] if inherited else None,
+            # kept until the folders are read: Chroma starts no HNSW save meanwhile (test
+            # seam CHROMASNAP_NO_HOLD=1, for bench/torn_rate.py's comparison)
+            hold=os.environ.get("CHROMASNAP_NO_HOLD") != "1",
         )
         sq_copy.start()  # the SQLite state is fixed from here: folders read next are newer
 
@@ -503,16 +550,25 @@ def capture(
     for rel, st in found.files:
         if rel != SQLITE_NAME:
             by_dir.setdefault(rel.rsplit("/", 1)[0] if "/" in rel else "", []).append((rel, st))
+    damage: list[str] = []
     try:
         for folder, members in sorted(by_dir.items()):
-            entries, elements = _capture_folder(cap, root, folder, members, reusable)
+            entries, elements, warning = _capture_folder(cap, root, folder, members, reusable)
             reused += sum(1 for e in entries if e.captured_by == "parent")
+            if warning:
+                damage.append(warning)
+            elif parent is not None and all(e.captured_by == "parent" for e in entries):
+                # unchanged since the parent: so is what the parent found wrong with it
+                mark = f"segment {folder}{DAMAGE_MARK}"
+                damage += [w for w in parent.wal.warnings if w.startswith(mark)]
             for e in entries:
                 files[e.path] = e
             if folder:
                 names = {m[0].rsplit("/", 1)[-1] for m in members}
                 hnsw_info[folder] = (elements, "index_metadata.pickle" in names)
         if sq_copy is not None:
+            sq_copy.release()
+            cap.stats.lock_held_s = sq_copy.held_s
             info = sq_copy.finish()
             files[SQLITE_NAME], wal = cap.read_sqlite(sq_copy.dest, info, found.side_files)
             if sq_copy.records is not None and "records" in info:
@@ -528,9 +584,10 @@ def capture(
 
     # 3. the HNSW side of the WAL state, from the headers just read
     apply_hnsw(wal, hnsw_info)
+    wal.warnings = [w for w in wal.warnings if DAMAGE_MARK not in w] + damage
 
     ordered = [files[rel] for rel, _ in found.files]
-    return Captured(found.dirs, ordered, found.skipped, wal, records, cap.read_bytes, reused)
+    return Captured(found.dirs, ordered, found.skipped, wal, records, cap.read_bytes, reused, cap.stats)
 
 
 @dataclass
@@ -543,6 +600,58 @@ class Captured:
     """Key of the record index blob (None if chroma.sqlite3 could not be indexed)."""
     read_bytes: int
     reused: int
+    stats: CaptureStats = field(default_factory=lambda: CaptureStats())
+
+
+FOLDER_RETRIES = 6
+"""Reads of one segment folder before giving up (back-off 0.05 s doubling: 1.55 s in all)."""
+AT_REST_READS = 3
+AT_REST_S = 1.0
+"""A folder that fails the structural check in AT_REST_READS identical reads spanning at
+least AT_REST_S (while the SQLite read lock keeps Chroma from starting a save) is damaged
+on disk, not caught mid-save: it is captured as found, with a warning."""
+CHECKED_FILES = ("header.bin", "link_lists.bin", "index_metadata.pickle")
+DAMAGE_MARK = ": inconsistent on disk"
+"""Warnings about folders captured damaged read `segment <folder>: inconsistent on disk ...`."""
+
+
+@dataclass
+class CaptureStats:
+    """How a capture read the segment folders (for benchmarks and `--debug`)."""
+
+    folders_read: int = 0
+    changed_rereads: int = 0
+    """Folder re-reads because a file changed while it was read (size, mtime, ctime, inode)."""
+    torn_rereads: int = 0
+    """Folder reads whose files did not form one save (the structural check): each is
+    read again, or the folder is refused or captured as damaged."""
+    damaged_folders: int = 0
+    """Folders captured as found: inconsistent, and unchanged over AT_REST_S."""
+    lock_held_s: float = 0.0
+    """Seconds the SQLite read lock was kept while the folders were read."""
+
+
+def _read_small(path: Path, limit: int) -> bytes | str | None:
+    """The bytes of a file for the folder check: None if absent, "sparse" or "big" if not read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            return "big"
+        if data_extents(fd, size) != ([(0, size)] if size else []):
+            return "sparse"
+        out = bytearray()
+        while len(out) < size:
+            block = os.pread(fd, min(READ_BLOCK, size - len(out)), len(out))
+            if not block:
+                break
+            out += block
+        return bytes(out)
+    finally:
+        os.close(fd)
 
 
 def _capture_folder(
@@ -551,13 +660,23 @@ def _capture_folder(
     folder: str,
     members: list[tuple[str, os.stat_result]],
     reusable: Callable[[str, os.stat_result], FileEntry | None],
-) -> tuple[list[FileEntry], int | None]:
-    """Capture a folder's files so that none changed between the first read and the last."""
-    for attempt in range(RETRIES):
+) -> tuple[list[FileEntry], int | None, str | None]:
+    """Capture a folder's files so that none changed between the first read and the last,
+    and (for a vector segment) so that they form one complete save of the index: the sizes
+    and counts of hnsw.folder_problems. Returns the entries, the header's element count,
+    and a warning when the folder is damaged on disk (see AT_REST_S)."""
+    cap.stats.folders_read += 1
+    problem = ""
+    last_print: tuple[object, ...] | None = None
+    same_reads, same_since = 0, 0.0
+    for attempt in range(FOLDER_RETRIES):
+        if attempt:
+            time.sleep(0.05 * 2 ** (attempt - 1))
         header: hnsw.HnswHeader | None = None
         elements: int | None = None
         names = {rel.rsplit("/", 1)[-1]: rel for rel, _ in members}
-        if folder and "header.bin" in names:
+        segment = bool(folder) and "header.bin" in names
+        if segment:
             try:
                 raw = (root / names["header.bin"]).read_bytes()
             except OSError:
@@ -567,7 +686,11 @@ def _capture_folder(
                 elements = header.cur_element_count
         entries: list[FileEntry] = []
         seen: list[tuple[str, os.stat_result]] = []
+        kept: dict[str, bytes | str | None] = {}
+        sizes: dict[str, int] = {}
+        reused_all = True
         for rel, _scanned in members:
+            name = rel.rsplit("/", 1)[-1]
             try:
                 cur = os.lstat(root / rel)
             except FileNotFoundError:
@@ -576,22 +699,67 @@ def _capture_folder(
             if old is not None:
                 entries.append(old)
                 seen.append((rel, cur))
+                sizes[name] = old.size
                 continue
+            reused_all = False
             is_level0 = rel.endswith("/data_level0.bin")
-            chunk = cap.chunking.other
-            entry, st_read = cap.read_file(root, rel, chunk, header if is_level0 else None)
+            limit = hnsw.PICKLE_LIMIT if name == "index_metadata.pickle" else hnsw.LINK_LISTS_LIMIT
+            keep = bytearray() if segment and name in CHECKED_FILES and cur.st_size <= limit else None
+            entry, st_read = cap.read_file(root, rel, cap.chunking.other, header if is_level0 else None, keep)
             entries.append(entry)
             seen.append((rel, st_read))
+            sizes[name] = entry.size
+            if keep is not None:
+                kept[name] = "sparse" if entry.hash_kind == "extents" else bytes(keep)
+            elif name in CHECKED_FILES:
+                kept[name] = "big"
         stable = True
         for rel, st in seen:
             try:
                 stable = stable and _same(st, os.lstat(root / rel))
             except FileNotFoundError:
                 stable = False
-        if stable:
-            return entries, elements
-        time.sleep(0.05 * 2**attempt)
+        if not stable:
+            cap.stats.changed_rereads += 1
+            continue
+        if not segment or reused_all:  # an unchanged folder passed when its parent was taken
+            return entries, elements, None
+        for name in CHECKED_FILES:  # files taken from the parent are read for the check only
+            if name in names and name not in kept and name in sizes:
+                limit = hnsw.PICKLE_LIMIT if name == "index_metadata.pickle" else hnsw.LINK_LISTS_LIMIT
+                kept[name] = _read_small(root / names[name], limit)
+        files = hnsw.FolderFiles(
+            sizes=sizes,
+            header=kept.get("header.bin") if isinstance(kept.get("header.bin"), bytes) else None,  # type: ignore[arg-type]
+            link_lists=kept.get("link_lists.bin") if "link_lists.bin" in sizes else None,
+            pickle=kept.get("index_metadata.pickle") if "index_metadata.pickle" in sizes else None,
+        )
+        problems = hnsw.folder_problems(files)
+        if not problems:
+            return entries, elements, None
+        problem = "; ".join(problems)
+        cap.stats.torn_rereads += 1
+        now = time.monotonic()
+        fingerprint = tuple((e.path, e.hash, e.size) for e in entries)
+        if fingerprint != last_print:
+            last_print, same_reads, same_since = fingerprint, 0, now
+        same_reads += 1
+        if same_reads >= AT_REST_READS and now - same_since >= AT_REST_S:
+            cap.stats.damaged_folders += 1
+            return (
+                entries,
+                elements,
+                f"segment {folder}{DAMAGE_MARK}, unchanged over {now - same_since:.1f} s, so damaged "
+                f"rather than caught mid-save ({problem[:500]}); captured as found: this snapshot "
+                "will not verify",
+            )
+    if problem:
+        raise CaptureError(
+            f"segment folder {root / folder} could not be read as one complete save of its index "
+            f"({FOLDER_RETRIES} tries; last: {problem[:300]}); nothing was stored: is a writer "
+            "running outside before_write? try again"
+        )
     raise CaptureError(
-        f"segment folder {root / folder} kept changing during capture ({RETRIES} tries); "
+        f"segment folder {root / folder} kept changing during capture ({FOLDER_RETRIES} tries); "
         "take snapshots from before_write, or while no process writes"
     )

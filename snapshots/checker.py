@@ -313,29 +313,31 @@ def run_probe(
 
 
 def hnsw_file_problems(db: Path) -> list[str]:
-    """Structural checks of each vector segment's files against its header.bin: hnswlib
-    writes data_level0.bin and length.bin for exactly its element count (1.5.x) or its
-    capacity (1.0.x). A truncated file can answer queries silently wrong."""
+    """Structural checks of each vector segment folder (`hnsw.folder_problems`): the sizes
+    of data_level0.bin and length.bin against header.bin (hnswlib writes them for exactly
+    its element count in 1.5.x, its capacity in 1.0.x; a truncated file can answer queries
+    silently wrong), the link records, and the pickle's completeness and element count (a
+    folder saved in part, as a capture that caught a save under way would hold it)."""
     from . import hnsw
 
     problems = []
     for seg in sorted(db.iterdir()):
         if not seg.is_dir() or seg.is_symlink() or not (seg / "header.bin").is_file():
             continue
-        h = hnsw.parse_header((seg / "header.bin").read_bytes())
-        if h is None:
-            problems.append(f"{seg.name}/header.bin is not a valid hnswlib header")
-            continue
-        counts = {h.cur_element_count, h.max_elements}
-        for name, per in (("data_level0.bin", h.size_data_per_element), ("length.bin", 4)):
-            f = seg / name
-            if not f.is_file():
-                problems.append(f"{seg.name}/{name} is missing")
-            elif f.stat().st_size not in {per * n for n in counts}:
-                problems.append(
-                    f"{seg.name}/{name} has {f.stat().st_size} bytes; header.bin says "
-                    f"{h.cur_element_count} elements of capacity {h.max_elements}"
-                )
+
+        def small(name: str, limit: int, seg: Path = seg) -> bytes | str | None:
+            p = seg / name
+            if not p.is_file() or p.is_symlink():
+                return None
+            return p.read_bytes() if p.stat().st_size <= limit else "big"
+
+        files = hnsw.FolderFiles(
+            sizes={p.name: p.stat().st_size for p in seg.iterdir() if p.is_file() and not p.is_symlink()},
+            header=(seg / "header.bin").read_bytes(),
+            link_lists=small("link_lists.bin", hnsw.LINK_LISTS_LIMIT),
+            pickle=small("index_metadata.pickle", hnsw.PICKLE_LIMIT),
+        )
+        problems += [f"{seg.name}/{p}" for p in hnsw.folder_problems(files)]
     return problems
 
 

@@ -29,3 +29,8 @@ class LockTimeout(ChromasnapError):
 
 class CaptureError(ChromasnapError):
     """The database could not be captured consistently (for example, it kept changing)."""
+
+
+class WriterBusy(ChromasnapError):
+    """A snapshot asked not to wait found the database write lock held (exit 1: nothing
+    was taken)."""

@@ -89,9 +89,59 @@ def read_intents(backend: Backend) -> list[Intent]:
     return out
 
 
+MAX_DB_ENTRIES = 100_000
+"""Files of a database whose identities are collected for `open_by` (a Chroma directory
+holds a few per collection)."""
+
+
+def _identities(root: str) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of the database directory and everything under it, without
+    following a symlink."""
+    ids: set[tuple[int, int]] = set()
+    try:
+        st = os.stat(root)
+    except OSError:
+        return ids
+    ids.add((st.st_dev, st.st_ino))
+    stack = [root]
+    while stack and len(ids) < MAX_DB_ENTRIES:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    try:
+                        est = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    ids.add((est.st_dev, est.st_ino))
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except OSError:
+            continue
+    return ids
+
+
+def command_line(pid: int) -> str:
+    """A process's command line as one printable line (at most 200 characters)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    text = raw.replace(b"\0", b" ").decode(errors="replace")
+    text = "".join(c if c.isprintable() else "?" for c in text).strip()
+    return text[:200] or "?"
+
+
 def open_by(db: Path) -> list[tuple[int, str]]:
-    """Processes (other than this one) holding a file under `db` open, from /proc/*/fd."""
+    """Processes (other than this one) holding the database directory or a file in it open.
+
+    Read from /proc/*/fd. A descriptor matches by its path (under the real directory) or
+    by the identity (device, inode) of the file it refers to, so a process that opened the
+    database through another path (a symlink, the source of a bind mount, a container's
+    own mount namespace) is found too. Processes this user may not inspect (another
+    user's, without root) and other PID namespaces are not seen.
+    """
     root = os.path.realpath(db)
+    ids = _identities(root)
     found: dict[int, str] = {}
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -103,20 +153,26 @@ def open_by(db: Path) -> list[tuple[int, str]]:
         except OSError:
             continue
         for fd in fds:
+            link = f"/proc/{pid}/fd/{fd}"
             try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                target = os.readlink(link)
             except OSError:
                 continue
-            if target == root or target.startswith(root + "/"):
+            hit = target == root or target.startswith(root + "/")
+            if not hit and target.startswith("/"):  # not a socket, pipe or anon inode
                 try:
-                    cmd = (
-                        Path(f"/proc/{pid}/cmdline")
-                        .read_bytes()
-                        .replace(b"\0", b" ")
-                        .decode(errors="replace")
-                    )
+                    st = os.stat(link)
                 except OSError:
-                    cmd = "?"
-                found[pid] = cmd.strip()[:200] or "?"
+                    continue
+                hit = (st.st_dev, st.st_ino) in ids
+            if hit:
+                found[pid] = command_line(pid)
                 break
     return sorted(found.items())
+
+
+def describe_holders(db: Path, holders: list[tuple[int, str]]) -> str:
+    """`pid 4242 (chroma run --path /data) has files of /data open (and 1 more)`."""
+    pid, cmd = holders[0]
+    more = f" (and {len(holders) - 1} more)" if len(holders) > 1 else ""
+    return f"pid {pid} ({cmd}) has files of {db} open{more}"

@@ -19,11 +19,12 @@ from pydantic import BaseModel
 from chromasnap.manifest import RetentionPolicy, Snapshot, Totals, WalState, snapshot_id
 
 from .backend import Backend, LocalBackend
-from .errors import ChromasnapError, LockTimeout, StoreError, UsageError
+from .errors import ChromasnapError, LockTimeout, StoreError, UsageError, WriterBusy
 from .repository import Repository
 
 if TYPE_CHECKING:
     from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
+    from .capture import CaptureStats
     from .checker import HealthReport, ProbeReport, VerifyReport
     from .gc import PruneResult
     from .restore import RecoverResult, RestoreResult
@@ -109,6 +110,9 @@ class SnapshotManager:
         self.problems: list[str] = []
         """Messages about unreadable snapshots found by the last `list()`."""
         self.last_duration_s = 0.0
+        self.last_capture: CaptureStats | None = None
+        """How the last `snapshot()` read the database (folders re-read, and why)."""
+        self._holding_write_lock = 0
 
     # --- reading ------------------------------------------------------------------
 
@@ -137,19 +141,41 @@ class SnapshotManager:
         tags: Sequence[str] = (),
         note: str | None = None,
         progress: Progress | None = None,
+        *,
+        exclusive: bool = False,
+        wait: bool = True,
     ) -> Snapshot:
         """Capture the database now; returns the new snapshot's record.
 
         Unchanged files are taken from the newest snapshot of the same database without
         being read; every chunk is stored once however many snapshots hold it.
-        """
-        from .capture import capture
 
+        `exclusive` takes the database write lock first, as a scheduled snapshot should,
+        so that it never lands inside another process's guarded write: it waits up to the
+        lock timeout (CHROMASNAP_LOCK_TIMEOUT), or with `wait=False` raises `WriterBusy` at
+        once. Inside this manager's own `before_write` block the lock is already held.
+        """
         db_path = self._need_db()
         check_database(db_path)
         for t in tags:
             if not t or len(t) > 100 or any(c.isspace() or c == "," for c in t):
                 raise UsageError(f"invalid tag {t!r}: use 1-100 characters, no spaces or commas")
+        if exclusive and not self._holding_write_lock:
+            with self._write_lock(wait=wait):
+                return self._snapshot(db_path, reason, tags, note, progress)
+        return self._snapshot(db_path, reason, tags, note, progress)
+
+    def _snapshot(
+        self,
+        db_path: Path,
+        reason: str,
+        tags: Sequence[str],
+        note: str | None,
+        progress: Progress | None,
+    ) -> Snapshot:
+        from .capture import capture
+        from .owner import of_directory
+
         with self.backend.lock():
             repo = self._repo = Repository.open_or_create(self.backend)
             started = datetime.now(UTC)
@@ -179,7 +205,8 @@ class SnapshotManager:
                 note=note,
                 source=str(db_path),
                 hostname=socket.gethostname(),
-                root_mode=os.lstat(db_path).st_mode & 0o7777,
+                root_mode=os.stat(db_path).st_mode & 0o7777,  # a symlinked db: its target's
+                owner=of_directory(db_path),
                 parent=parent.id if parent else None,
                 chromasnap_version=_version("chromasnap") or "",
                 chromadb_version=_version("chromadb"),
@@ -194,6 +221,7 @@ class SnapshotManager:
             repo.save_snapshot(snap)
             repo.catalog_add(snap.id)
             self.last_duration_s = time.monotonic() - t0
+            self.last_capture = cap.stats
             return snap
 
     def _need_db(self) -> Path:
@@ -600,7 +628,7 @@ class SnapshotManager:
 
         return restore_collection(self, ref, collection, as_name, replace, force, python, timeout)
 
-    def _write_lock(self) -> contextlib.AbstractContextManager[object]:
+    def _write_lock(self, wait: bool = True) -> contextlib.AbstractContextManager[object]:
         from filelock import FileLock, Timeout
 
         from .backend import lock_timeout
@@ -611,18 +639,37 @@ class SnapshotManager:
         @contextlib.contextmanager
         def held() -> Iterator[object]:
             try:
-                lock.acquire(timeout=lock_timeout())
+                lock.acquire(timeout=lock_timeout() if wait else 0)
             except Timeout:
+                if not wait:
+                    raise WriterBusy(
+                        f"skipped: {self._write_lock_holder()} holds the write lock of "
+                        f"{self.db_path}; no snapshot taken (--no-wait)"
+                    ) from None
                 raise LockTimeout(
                     f"another process holds the write lock of {self.db_path} "
                     f"(a guarded write or a restore); gave up after {lock_timeout():g}s"
                 ) from None
+            self._holding_write_lock += 1
             try:
                 yield lock
             finally:
+                self._holding_write_lock -= 1
                 lock.release()
 
         return held()
+
+    def _write_lock_holder(self) -> str:
+        """Who holds the database write lock, as far as the write intents tell."""
+        from .guard import read_intents
+
+        try:
+            live = [i for i in read_intents(self.backend) if not i.dead]
+        except (OSError, ChromasnapError):
+            live = []
+        if live:
+            return f"a guarded write (pid {live[0].pid}: {live[0].reason or 'no reason'})"
+        return "a guarded write or a restore"
 
     # --- retention ---------------------------------------------------------------------
 

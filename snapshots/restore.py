@@ -30,6 +30,8 @@ class RestoreResult(BaseModel):
     pre_restore: str | None = None
     verified: bool = False
     detail: str = ""
+    warnings: list[str] = []
+    """One line each: what the restore could not do as it should (an owner it may not set)."""
 
 
 class RecoverResult(BaseModel):
@@ -39,6 +41,7 @@ class RecoverResult(BaseModel):
     kept_path: str | None = None
     finished_swap: str | None = None
     tried: list[str] = []
+    warnings: list[str] = []
 
 
 def restore(
@@ -50,30 +53,28 @@ def restore(
     python: str | None = None,
     timeout: float | None = None,
 ) -> RestoreResult:
-    from . import checker
+    from . import checker, owner
     from .extract import extract
-    from .guard import open_by
     from .livecopy import copy_database
 
-    db = mgr._need_db()
+    given = mgr._need_db()
+    db = swap.real_db(given)  # a symlinked database is restored into its target
     swap.finish_interrupted(db)
     snap = mgr.get(ref)
-    if not force and db.exists():
-        holders = open_by(db)
-        if holders:
-            pid, cmd = holders[0]
-            more = f" (and {len(holders) - 1} more)" if len(holders) > 1 else ""
-            raise RestoreRefused(
-                f"pid {pid} ({cmd}) has files of {db} open{more}; stop it first, or use --force"
-            )
+    if not force:
+        refuse_if_held(db)
     if not db.parent.is_dir():
         raise StoreError(f"{db.parent} does not exist")
     mount = db.exists() and swap.is_mount_point(db)
+    place = db if mount else db.parent
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise RestoreRefused(_no_permission(place, db, mount))
+    who = owner.target_owner(db, snap.owner)
     token = os.urandom(4).hex()
     staging = (
         (db / f"{swap.OWN_PREFIX}restore-{token}") if mount else db.parent / f".{db.name}.restore-{token}"
     )
-    result = RestoreResult(id=snap.id, db=str(db), mode="")
+    result = RestoreResult(id=snap.id, db=str(given), mode="")
     try:
         extract(mgr.repo, snap, staging)  # every byte checked, every file fsynced
         if verify:
@@ -92,20 +93,63 @@ def restore(
                     f"snapshot {snap.short_id} does not open ({report.verdict}): {report.detail}"
                 )
             result.verified = True
+        if who is not None:
+            # in mount mode the mount point itself stays (and keeps its owner)
+            problem = owner.apply(staging, who, given, include_root=True)
+            if problem:
+                result.warnings.append(problem)
         if backup and db.exists() and (db / "chroma.sqlite3").is_file():
             try:
                 result.pre_restore = mgr.snapshot(
                     reason="pre-restore", note=f"before restoring {snap.short_id}"
                 ).id
-            except ChromasnapError as exc:  # unreadable: the replaced folder is kept anyway
-                result.detail = f"no pre-restore snapshot ({exc}); the replaced database is kept"
+            except (ChromasnapError, OSError) as exc:  # unreadable: the replaced folder is kept anyway
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                result.detail = f"no pre-restore snapshot ({why}); the replaced database is kept"
+        if not force:  # a process may have opened it while we extracted and probed
+            refuse_if_held(db)
         done = swap.swap_in(db, staging, mount)
+    except PermissionError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        failed = Path(str(exc.filename)) if exc.filename else place
+        if failed != place and not _inside(failed, staging):  # not where the new one is built
+            raise RestoreRefused(f"no permission for {failed} ({exc.strerror})") from None
+        raise RestoreRefused(_no_permission(place, db, mount, exc)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     result.mode = done.mode
     result.kept_path = str(done.kept) if done.kept else None
     return result
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def refuse_if_held(db: Path) -> None:
+    """Raise RestoreRefused naming a process that has the database open (the open-holders
+    rule: nothing is swapped or written under a live process, whatever the reason)."""
+    from .guard import describe_holders, open_by
+
+    if not db.exists():
+        return
+    holders = open_by(db)
+    if holders:
+        raise RestoreRefused(
+            f"{describe_holders(db, holders)}; stop it first, or use --force "
+            "(it keeps using the replaced directory, and what it writes there is not in the "
+            "restored database)"
+        )
+
+
+def _no_permission(place: Path, db: Path, mount: bool, exc: OSError | None = None) -> str:
+    where = "inside the mount point" if mount else f"beside {db.name}"
+    what = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
+    return (
+        f"no permission to write in {place}{what}: restore builds the new database {where} and "
+        f"renames it into place; run it as root or as a user who may write in {place}"
+    )
 
 
 def recover(
@@ -117,11 +161,12 @@ def recover(
 ) -> RecoverResult:
     from .guard import read_intents
 
-    db = mgr._need_db()
+    db = swap.real_db(mgr._need_db())  # a symlinked database is recovered in its target
     if db.exists() and not db.is_dir():
-        raise UsageError(f"database {db} is not a directory")
+        raise UsageError(f"database {mgr._need_db()} is not a directory")
     finished = swap.finish_interrupted(db)
     intents = [i for i in read_intents(mgr.backend) if i.dead] if mgr.backend.exists() else []
+    _refuse_while_open(db, intents if rollback_interrupted else [], "")
     reason = ""
     if not db.exists():
         reason = "the database directory does not exist"
@@ -137,6 +182,7 @@ def recover(
     if not reason:
         _clear(mgr, intents)
         return RecoverResult(action="none", reason="healthy", finished_swap=finished)
+    _refuse_while_open(db, [], reason)
 
     tried: list[str] = []
     candidates = [i.snapshot for i in intents]
@@ -154,7 +200,7 @@ def recover(
         tried.append(f"{sid[:12]}:{report.verdict}")
         if not (report.ok or report.restorable):  # a pack's bit rot alone does not lose data
             continue
-        res = restore(mgr, sid, verify=False, backup=False, force=True, python=python, timeout=timeout)
+        res = restore(mgr, sid, verify=False, backup=False, python=python, timeout=timeout)
         _clear(mgr, intents)
         return RecoverResult(
             action="restored",
@@ -163,6 +209,7 @@ def recover(
             kept_path=res.kept_path,
             finished_swap=finished,
             tried=tried,
+            warnings=res.warnings,
         )
     if reset:
         kept = _move_aside(db)
@@ -182,20 +229,53 @@ def recover(
     )
 
 
+def _refuse_while_open(db: Path, intents: list, reason: str) -> None:  # type: ignore[type-arg]
+    """The open-holders rule in recover: a live process holding the database open means a
+    writer is running (a write intent left by a dead guarded write notwithstanding), so
+    nothing is swapped; there is no force here (`restore --force` is the way past)."""
+    from .guard import describe_holders, open_by
+
+    if not db.exists() or not (intents or reason):
+        return
+    holders = open_by(db)
+    if not holders:
+        return
+    if intents:
+        why = (
+            f"a writer is running, so the write intent of pid {intents[0].pid} is not taken for a "
+            "dead writer's"
+        )
+    else:
+        why = f"the database needs recovering ({reason[:300]})"
+    after = (
+        " (with --keep-interrupted to keep what was written since instead of rolling back)" if intents else ""
+    )
+    raise RestoreRefused(
+        f"{describe_holders(db, holders)}: {why}; recover swaps nothing while a process has the "
+        f"database open: stop it, then run recover again{after}"
+    )
+
+
 def _clear(mgr: SnapshotManager, intents: list) -> None:  # type: ignore[type-arg]
     for i in intents:
         mgr.backend.remove(i.name)
 
 
 def _move_aside(db: Path) -> str | None:
-    """Keep the broken database and leave an empty directory where it was."""
+    """Keep the broken database and leave an empty directory where it was (owned by the
+    broken database's owner)."""
+    from . import owner
+
     if not db.exists():
         os.mkdir(db, 0o755)
         return None
+    who = owner.target_owner(db, None)
     staging = db.parent / f".{db.name}.empty-{os.urandom(4).hex()}"
     mount = swap.is_mount_point(db)
     if mount:
         staging = db / f"{swap.OWN_PREFIX}empty-{os.urandom(4).hex()}"
     os.mkdir(staging, 0o755)
+    if who is not None:
+        owner.apply(staging, who, db)
     done = swap.swap_in(db, staging, mount)
     return str(done.kept) if done.kept else None

@@ -16,6 +16,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -53,17 +54,29 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _mountinfo_points() -> set[str]:
-    """Mount points from /proc/self/mountinfo (field 5, with octal escapes undone)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return set()
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def decode_mountinfo_path(field: bytes) -> bytes:
+    """A path field of /proc/self/mountinfo as the raw bytes of the path. The kernel escapes
+    space, tab, newline and backslash as a backslash and 3 octal digits (`\\040`); every
+    other byte, UTF-8 or not, is written as it is, so the field is decoded as bytes (and the
+    result compared with `os.fsencode` of a path), never as text."""
+    return _OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field)
+
+
+def mountinfo_points(text: bytes | None = None) -> set[bytes]:
+    """Mount points (field 5) of /proc/self/mountinfo, or of `text` in its format, as bytes."""
+    if text is None:
+        try:
+            text = Path("/proc/self/mountinfo").read_bytes()
+        except OSError:
+            return set()
     points = set()
-    for line in lines:
-        fields = line.split()
+    for line in text.split(b"\n"):
+        fields = line.split(b" ")
         if len(fields) > 4:
-            points.add(fields[4].encode().decode("unicode_escape"))
+            points.add(decode_mountinfo_path(fields[4]))
     return points
 
 
@@ -72,7 +85,19 @@ def is_mount_point(db: Path) -> bool:
     os.path.ismount misses), or on another filesystem than its parent."""
     if os.path.ismount(db) or os.stat(db).st_dev != os.stat(db.parent).st_dev:
         return True
-    return os.path.realpath(db) in _mountinfo_points()
+    return os.fsencode(os.path.realpath(db)) in mountinfo_points()
+
+
+def real_db(db: Path) -> Path:
+    """The directory a restore replaces: the database path with every symlink resolved.
+
+    A database path that is a symlink (`app/db -> ../real/chromadata`, a common container
+    layout), or one under a symlinked parent, is restored into its target: the symlink
+    stays a symlink, and the staging folder, the kept folder and the swap journal sit
+    beside the real directory, on its filesystem. A dangling symlink resolves to where its
+    target would be, so a restore onto a fresh machine creates the target.
+    """
+    return Path(os.path.realpath(db))
 
 
 def utc_stamp() -> str:
@@ -193,7 +218,10 @@ def _roll_entries_forward(record: dict[str, object]) -> None:
 
 
 def finish_interrupted(db: Path) -> str | None:
-    """Complete or roll back a swap that a crash interrupted; returns what was done."""
+    """Complete or roll back a swap that a crash interrupted; returns what was done.
+
+    Journals are looked for at the real directory (`real_db`), where restore writes them."""
+    db = real_db(db)
     for journal in journal_paths(db):
         try:
             record = json.loads(journal.read_text())
@@ -232,7 +260,9 @@ def _ino(path: Path) -> int | None:
 
 
 def kept_dirs(db: Path) -> list[Path]:
-    """Replaced databases kept by restore and recover, oldest first."""
+    """Replaced databases kept by restore and recover, oldest first (beside the real
+    directory of a symlinked database, where they were kept)."""
+    db = real_db(db)
     out = sorted(db.parent.glob(f"{db.name}.replaced-*"))
     if db.is_dir():
         out += sorted(db.glob(f"{OWN_PREFIX}replaced-*"))

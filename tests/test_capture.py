@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from chromasnap.manifest import HnswSplitList
-from chromasnap.snapshots import CaptureError, SnapshotManager
+from chromasnap.snapshots import CaptureError, SnapshotManager, hnsw
+from chromasnap.snapshots import capture as capture_mod
 from chromasnap.snapshots.hnsw import parse_header
 from conftest import counts, run_sample, tree_bytes
 
@@ -300,3 +301,217 @@ def test_snapshot_and_health_never_drop_a_lock_held_in_the_same_process(db: Path
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "still locked"
+
+
+# --- a folder caught in the middle of Chroma's save -------------------------------------------
+
+
+def _saves(db: Path) -> tuple[Path, bytes, bytes]:
+    """The persisted segment folder after a real chromadb save, with the pickle of the save
+    before it (header, data and links new, pickle old: the torn shape seen in the wild) and
+    the pickle of this one."""
+    seg = next(p.parent for p in db.glob("*/index_metadata.pickle"))
+    old = (seg / "index_metadata.pickle").read_bytes()
+    run_sample("grow", str(db), "--fraction", "0.5")  # past sync_threshold: the HNSW is saved
+    new = (seg / "index_metadata.pickle").read_bytes()
+    assert new != old
+    return seg, old, new
+
+
+def _folder(seg: Path, **override: bytes | None) -> hnsw.FolderFiles:
+    def raw(name: str) -> bytes | None:
+        key = name.split(".")[0]
+        if key in override:
+            return override[key]
+        return (seg / name).read_bytes() if (seg / name).exists() else None
+
+    files = {"header.bin", "data_level0.bin", "length.bin", "link_lists.bin", "index_metadata.pickle"}
+    sizes = {n: len(raw(n) or b"") for n in files if raw(n) is not None}
+    return hnsw.FolderFiles(
+        sizes=sizes,
+        header=raw("header.bin"),
+        link_lists=raw("link_lists.bin"),
+        pickle=raw("index_metadata.pickle"),
+    )
+
+
+def test_folder_check_finds_each_torn_shape_in_real_files(db: Path, tmp_path: Path) -> None:
+    seg, old_pickle, new_pickle = _saves(db)
+    links = (seg / "link_lists.bin").read_bytes()
+    assert hnsw.folder_problems(_folder(seg)) == []
+    torn = {
+        "pickle from the save before": _folder(seg, index_metadata=old_pickle),
+        "pickle cut off mid-write": _folder(seg, index_metadata=new_pickle[: len(new_pickle) // 2]),
+        "pickle not written yet (first save)": _folder(seg, index_metadata=None),
+        "link_lists.bin cut off mid-record": _folder(seg, link_lists=links[: len(links) - 3]),
+        "link_lists.bin of fewer elements": _folder(seg, link_lists=links[: len(links) // 2 // 4 * 4]),
+        "length.bin of fewer elements": _folder(seg, length=(seg / "length.bin").read_bytes()[:-40]),
+    }
+    for name, files in torn.items():
+        assert hnsw.folder_problems(files), name
+    # the pickle is walked, never loaded: a pickle that would run a command only is read
+    marker = tmp_path / "ran"
+    evil = b"\x80\x03cos\nsystem\nX" + len(f"touch {marker}").to_bytes(4, "little")
+    evil += f"touch {marker}".encode() + b"\x85R."
+    assert hnsw.pickle_structure(evil) == (True, None) and not marker.exists()
+
+
+def _torn_at_first_read(monkeypatch: pytest.MonkeyPatch, seg: Path, states: list[bytes]) -> None:
+    """Test seam: the instant a save completes cannot be produced on demand, so the pickle
+    is rewritten at capture's back-off sleeps (the only change of timing), one state each."""
+    real_sleep = time.sleep
+    it = iter(states)
+
+    def sleep(s: float) -> None:
+        nxt = next(it, None)
+        if nxt is not None:
+            (seg / "index_metadata.pickle").write_bytes(nxt)
+        real_sleep(s)
+
+    monkeypatch.setattr(capture_mod.time, "sleep", sleep)
+
+
+def test_a_folder_caught_mid_save_is_read_again(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seg, old_pickle, new_pickle = _saves(db)
+    (seg / "index_metadata.pickle").write_bytes(old_pickle)  # the save has not written it yet
+    _torn_at_first_read(monkeypatch, seg, [new_pickle])  # ... and writes it during the back-off
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    assert mgr.last_capture is not None and mgr.last_capture.torn_rereads == 1
+    assert mgr.last_capture.lock_held_s > 0
+    assert not [w for w in snap.wal.warnings if capture_mod.DAMAGE_MARK in w]
+    assert mgr.verify(snap.id).ok
+
+
+def test_a_folder_that_never_forms_one_save_is_refused(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seg, old_pickle, new_pickle = _saves(db)
+    mgr = SnapshotManager(db)
+    mgr.snapshot()
+    run_sample("grow", str(db), "--fraction", "0.1")
+    before = [s.id for s in mgr.list()]
+    (seg / "index_metadata.pickle").write_bytes(old_pickle)
+    cut = new_pickle[: len(new_pickle) // 2]
+    _torn_at_first_read(monkeypatch, seg, [cut, old_pickle, cut, old_pickle, cut, old_pickle])
+    with pytest.raises(CaptureError, match="could not be read as one complete save") as exc:
+        mgr.snapshot()
+    assert "\n" not in str(exc.value) and "index_metadata.pickle" in str(exc.value)
+    assert [s.id for s in SnapshotManager(db).list()] == before  # nothing listed
+
+
+def test_a_folder_damaged_at_rest_is_captured_as_found_with_a_warning(db: Path) -> None:
+    seg, old_pickle, _new = _saves(db)
+    (seg / "index_metadata.pickle").write_bytes(old_pickle)  # a writer killed mid-save left this
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    warnings = [w for w in snap.wal.warnings if capture_mod.DAMAGE_MARK in w]
+    assert len(warnings) == 1 and seg.name in warnings[0] and "earlier save" in warnings[0]
+    assert mgr.last_capture is not None and mgr.last_capture.damaged_folders == 1
+    r = subprocess.run(
+        [sys.executable, "-m", "chromasnap.cli", "snapshot", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 1 and "inconsistent on disk" in r.stderr and "taken" in r.stdout
+    assert len(mgr.list()) == 2  # taken, as found: the database is what is damaged
+
+
+WRITER = """
+import sys, numpy as np, chromadb
+from chromadb.config import Settings
+client = chromadb.PersistentClient(path=sys.argv[1], settings=Settings(anonymized_telemetry=False))
+col = client.get_or_create_collection("live", embedding_function=None,
+    metadata={"hnsw:sync_threshold": 100, "hnsw:batch_size": 100})
+rng = np.random.default_rng(1)
+i = 0
+while True:
+    col.add(ids=[f"w{i}-{k}" for k in range(50)], embeddings=rng.standard_normal((50, 384), dtype=np.float32))
+    i += 1
+    if i == 4:
+        print("READY", flush=True)
+"""
+
+
+def test_the_sqlite_read_lock_keeps_chroma_from_starting_a_save(tmp_path: Path) -> None:
+    """What capture relies on (chromadb 1.5.9, measured in docs/capture.md): Chroma saves an
+    HNSW folder only after a write transaction of its own, so while a snapshot keeps the
+    SQLite read lock no save starts; one already under way may finish."""
+    db = tmp_path / "chroma"
+    run_sample("build", str(db), "--records", "10")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "READY"
+        pickle = next(db.glob("*/index_metadata.pickle"))  # the only collection saved yet
+
+        def saves_within(seconds: float, stop_at: int = 1 << 30) -> int:
+            seen, n = pickle.stat().st_mtime_ns, 0
+            end = time.monotonic() + seconds
+            while time.monotonic() < end and n < stop_at:
+                now = pickle.stat().st_mtime_ns
+                if now != seen:
+                    seen, n = now, n + 1
+                time.sleep(0.005)
+            return n
+
+        assert saves_within(60, stop_at=2) == 2  # the writer saves again and again
+        lock = capture_mod.SqliteCopy(db / "chroma.sqlite3", tmp_path / "copy", hold=True).start()
+        try:
+            held = saves_within(3)
+        finally:
+            lock.finish()
+        assert held <= 1  # at most the save already under way
+        assert saves_within(60, stop_at=1) == 1  # and they resume once it is released
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+GUARDED = """
+import sys, time
+from chromasnap.snapshots import SnapshotManager
+with SnapshotManager(sys.argv[1]).before_write(reason="long ingest"):
+    print("IN", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_cli_snapshot_waits_for_a_guarded_write_or_skips(db: Path) -> None:
+    def snap(*extra: str, timeout: str = "60") -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CHROMASNAP_LOCK_TIMEOUT": timeout}
+        return subprocess.run(
+            [sys.executable, "-m", "chromasnap.cli", "snapshot", "--db", str(db), *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+
+    guard = subprocess.Popen(
+        [sys.executable, "-c", GUARDED, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert guard.stdout is not None and guard.stdout.readline().strip() == "IN"
+        listed = len(SnapshotManager(db).list())
+        r = snap("--no-wait")
+        assert r.returncode == 1 and r.stderr.count("\n") == 1
+        assert f"skipped: a guarded write (pid {guard.pid}: long ingest) holds the write lock" in r.stderr
+        r = snap(timeout="1")
+        assert r.returncode == 1 and "gave up after 1s" in r.stderr
+        assert len(SnapshotManager(db).list()) == listed  # nothing taken inside the guarded write
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "chromasnap.cli", "snapshot", "--db", str(db), "--note", "scheduled"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert guard.stdin is not None
+        guard.stdin.write("done\n")
+        guard.stdin.close()
+        assert guard.wait(timeout=120) == 0
+        _out, err = waiting.communicate(timeout=300)
+        assert waiting.returncode == 0, err
+    finally:
+        guard.kill()
+        guard.wait()
+    snaps = SnapshotManager(db).list()
+    assert [s.note for s in snaps][-2:] == ["long ingest", "scheduled"]  # after the write, not in it

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from torture import run
+from torture import PersistTally, persist, run
 
 
 def test_torture_short_form(tmp_path: Path) -> None:
@@ -20,3 +20,12 @@ def test_torture_short_form(tmp_path: Path) -> None:
     assert (t.flips, t.undetected) == (25, 0)
     assert t.bad_inputs >= 30 and t.tracebacks == 0
     assert t.concurrent_ops > 0 and t.torn == 0
+
+
+def test_persist_torture_short_form(tmp_path: Path) -> None:
+    """Snapshots under a writer saving its HNSW every 100 records (the long form is
+    `python bench/torture.py --persist-only --persist 200`): every snapshot taken verifies
+    in full; any refused is one line and leaves nothing listed."""
+    t = persist(tmp_path, 4, PersistTally(), prefill=500)
+    assert t.wrong == []
+    assert t.snapshots == 4 and t.taken + t.failed == 4 and t.torn == 0
