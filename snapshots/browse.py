@@ -629,6 +629,7 @@ def restore_collection(
         with mgr.before_write(
             reason=f"restore collection {collection} from {snap.short_id}", snapshot_reason="pre-restore"
         ) as pre:
+            assert pre is not None  # check_database above: there is a database to snapshot
             args = ["restore", str(src), str(db), collection, "--as", target, "--temp", temp]
             try:
                 report = _run_child(python, [*args, "--replace"] if replace else args, timeout)
