@@ -129,6 +129,12 @@ def test_recover_with_no_store_creates_nothing_and_says_how_to_get_one(db: Path,
         "take one with chromasnap snapshot"
     )
     assert beside(broken) == ["chroma"]
+    # moving a database aside takes the write lock, which lives in the store: now made
+    r = cli("recover", "--reset", "--db", str(broken), "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and (out["action"], out["kind"]) == ("reset", "reset")
+    assert (Path(out["kept_path"]) / "notes.txt").is_file() and not list(broken.iterdir())
+    assert out["reason"].endswith(f"no snapshots in {store}; take one with chromasnap snapshot")
 
 
 def test_before_write_on_a_missing_database_stores_no_snapshot(tmp_path: Path) -> None:
@@ -244,3 +250,32 @@ def test_recover_kinds_after_the_first_run(tmp_path: Path) -> None:
     assert tree_bytes(db) == state and counts(db) == {"coll0": 200}
     (kept,) = SnapshotManager(db).kept()
     assert f"what it wrote is kept at {kept}" in r.stdout
+
+
+def test_killed_first_write_into_an_empty_bind_mount(tmp_path: Path) -> None:
+    """A new, empty volume (a real bind mount holding only `lost+found`; root only, skipped
+    where mounting is refused): a fresh start; the killed first write is kept inside the
+    mount point, which stays a mount point, and the next start is a fresh start again."""
+    from chromasnap.snapshots.swap import is_mount_point
+
+    volume = tmp_path / "volume"
+    (volume / "lost+found").mkdir(parents=True)
+    db = tmp_path / "chroma"
+    db.mkdir()
+    if subprocess.run(["mount", "--bind", str(volume), str(db)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        mgr = SnapshotManager(db)
+        assert mgr.recover().kind == "fresh-start"
+        assert first_write(db, "kill").returncode == -signal.SIGKILL
+        inode = db.stat().st_ino
+        res = mgr.recover()
+        assert (res.action, res.kind) == ("none", "fresh-start") and res.kept_path
+        kept = Path(res.kept_path)
+        assert kept.parent == db and kept.name.startswith(".chromasnap-replaced-")
+        assert (kept / "chroma.sqlite3").is_file() and mgr.kept() == [kept]
+        assert db.stat().st_ino == inode and is_mount_point(db)
+        assert set(os.listdir(db)) - {"lost+found"} == {kept.name}  # (swap moves lost+found too)
+        assert mgr.recover().kind == "fresh-start"
+    finally:
+        subprocess.run(["umount", str(db)], check=False)
