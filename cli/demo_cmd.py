@@ -73,6 +73,7 @@ def demo_cmd(
     )
     with mgr.before_write(reason="ingest batch 1") as pre:
         _sample("grow", str(db), "--fraction", "0.1")
+    assert pre is not None  # the database exists: there was a pre-write snapshot
     say(
         f"3. guarded write 'ingest batch 1' (+10%) after pre-write snapshot {pre.short_id} "
         f"({human_bytes(pre.totals.new_bytes)} new)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,38 +30,48 @@ def recover_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Finish an interrupted swap, probe, and restore the newest snapshot that verifies if needed."""
-    res = manager(db, store).recover(
-        rollback_interrupted=rollback, reset=reset, python=python, timeout=timeout
-    )
+    """Finish an interrupted swap, probe, and restore the newest snapshot that verifies if needed.
+
+    Reports one of: fresh start (no database yet), healthy, restored, rolled back (an
+    interrupted guarded write), reset, failed (exit 1)."""
+    mgr = manager(db, store)
+    res = mgr.recover(rollback_interrupted=rollback, reset=reset, python=python, timeout=timeout)
     if json_out:
         print_json(
             {
                 "action": res.action,
+                "kind": res.kind,
                 "snapshot": res.snapshot,
                 "reason": res.reason,
                 "kept_path": res.kept_path,
                 "warnings": res.warnings,
+                "finished_swap": res.finished_swap,
+                "tried": res.tried,
             }
         )
     else:
         if res.finished_swap:
             typer.echo(res.finished_swap)
-        if res.action == "none":
-            typer.echo("healthy: nothing to do")
-        elif res.action == "restored":
-            typer.echo(
-                f"restored {res.snapshot and res.snapshot[:12]} because {res.reason}; "
-                f"the replaced database is kept at {res.kept_path}"
-            )
-        elif res.action == "reset":
-            typer.echo(
-                f"reset: {res.reason}; the broken database is kept at {res.kept_path}; "
-                "the database path is empty, ready for a re-index"
-            )
-        else:
-            typer.echo(f"failed: {res.reason}", err=True)
+        typer.echo(describe(res, mgr.db_path), err=res.action == "failed")
         for w in res.warnings:
             typer.echo(f"warning: {w}", err=True)
     if res.action == "failed":
         raise typer.Exit(1)
+
+
+def describe(res: Any, db: object) -> str:
+    """One line for a RecoverResult; a path is named only when there is one."""
+    snap = (res.snapshot or "")[:12]
+    broken = f"; the replaced database is kept at {res.kept_path}" if res.kept_path else ""
+    if res.kind == "fresh-start":
+        return f"fresh start at {db}: {res.reason}; the application creates the database"
+    if res.kind == "healthy":
+        return "healthy: nothing to do"
+    if res.kind == "rolled-back":
+        left = f"; what it wrote is kept at {res.kept_path}" if res.kept_path else ""
+        return f"rolled back: restored {snap} because of an {res.reason}{left}"
+    if res.kind == "restored":
+        return f"restored {snap} because {res.reason}{broken}"
+    if res.kind == "reset":
+        return f"reset: {res.reason}{broken}; the database path is empty, ready for a re-index"
+    return f"failed: {res.reason}"

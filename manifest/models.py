@@ -13,9 +13,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the store layout and of every JSON document in it (2 added `Snapshot.records`,
-the record index; a version-1 document reads as version 2 without one)."""
+the record index; 3 added `Snapshot.owner`. An older document reads as the current version
+without them, and an older chromasnap says "written by a newer chromasnap" rather than
+failing on a field it does not know)."""
 
 
 def _check_relpath(value: str) -> str:

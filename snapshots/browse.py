@@ -634,6 +634,7 @@ def restore_collection(
         with mgr.before_write(
             reason=f"restore collection {collection} from {snap.short_id}", snapshot_reason="pre-restore"
         ) as pre:
+            assert pre is not None  # check_database above: there is a database to snapshot
             refuse_if_held()  # again: a process may have opened it since
             args = ["restore", str(src), str(db), collection, "--as", target, "--temp", temp]
             try:

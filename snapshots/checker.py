@@ -384,10 +384,17 @@ def compare(report: ProbeReport, expected: WalState | None) -> list[str]:
 
 def spawn_child(cmd: list[str]) -> subprocess.Popen[str]:
     """Start a chromadb child (probe, collection export or restore) in a session of its own,
-    so that it and anything it starts can be killed as a group; no telemetry, no .pyc."""
+    so that it and anything it starts can be killed as a group; no telemetry, no .pyc. Its
+    output is decoded leniently: a crash may print bytes of the damaged files."""
     env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        env=env,
+        start_new_session=True,
     )
 
 

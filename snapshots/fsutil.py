@@ -49,6 +49,12 @@ def crash_point(name: str) -> None:
 
 def make_private_dirs(path: Path) -> None:
     """Create `path` and missing parents with mode 0700, fsyncing each new entry's parent."""
+    make_dirs(path, DIR_MODE)
+
+
+def make_dirs(path: Path, mode: int) -> None:
+    """Create `path` and missing parents with `mode` (less the umask), fsyncing each new
+    entry's parent so that the new directories survive a crash."""
     missing: list[Path] = []
     p = path
     while not p.exists():
@@ -56,7 +62,7 @@ def make_private_dirs(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
-            os.mkdir(d, DIR_MODE)
+            os.mkdir(d, mode)
         fsync_dir(d.parent)
 
 

@@ -1,9 +1,10 @@
 """Write guards and their traces: the database write lock, write intents, open-file checks.
 
 A write intent is a small durable file in the store saying "pid P on host H started a
-guarded write at T after snapshot S". It is removed when the block ends, normally or by
-an exception; if the process dies (kill -9, a Rust panic's SIGABRT) it stays behind, and
-`recover` finds it.
+guarded write of database D at T after snapshot S" (S is null when there was no database
+yet: the state to return to is "no database"). It is removed when the block ends, normally
+or by an exception; if the process dies (kill -9, a Rust panic's SIGABRT) it stays behind,
+and `recover` finds it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def alive(pid: int, start: int | None) -> bool:
     return start is None or process_start(pid) in (None, start)
 
 
+INTENT_VERSION = 2
+
+
 @dataclass
 class Intent:
     name: str
@@ -46,8 +50,15 @@ class Intent:
     host: str
     start: int | None
     started_at: str
-    snapshot: str
+    snapshot: str | None
+    """The pre-write snapshot; None: there was no database (missing or empty) before."""
     reason: str
+    version: int = 1
+    db: str | None = None
+    """The database path as the manager held it (version 2 on)."""
+    db_dev: int | None = None
+    db_ino: int | None = None
+    """os.stat(db) when the intent was written: the directory the guarded write used."""
 
     @property
     def dead(self) -> bool:
@@ -55,19 +66,31 @@ class Intent:
         return self.host == socket.gethostname() and not alive(self.pid, self.start)
 
 
-def write_intent(backend: Backend, snapshot_id: str, reason: str) -> str:
+def write_intent(backend: Backend, snapshot_id: str | None, reason: str, db: Path) -> str:
+    """Durably record a guarded write of `db` that starts now; `snapshot_id` is the state to
+    return to should the process die (None: no database, a fresh start). `db` must exist:
+    its (dev, ino) tell a later `recover` that the directory is still the one written."""
     pid = os.getpid()
-    name = f"intents/{snapshot_id[:16]}-{pid}-{os.urandom(3).hex()}.json"
+    st = os.stat(db)
+    name = f"intents/{(snapshot_id or 'nodb')[:16]}-{pid}-{os.urandom(3).hex()}.json"
     doc = {
+        "version": INTENT_VERSION,
         "pid": pid,
         "host": socket.gethostname(),
         "start": process_start(pid),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "snapshot": snapshot_id,
         "reason": reason,
+        "db": str(db),
+        "db_dev": st.st_dev,
+        "db_ino": st.st_ino,
+        "snapshot": snapshot_id,
     }
     backend.write(name, json.dumps(doc).encode())
     return name
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 def read_intents(backend: Backend) -> list[Intent]:
@@ -75,6 +98,7 @@ def read_intents(backend: Backend) -> list[Intent]:
     for name in backend.list("intents"):
         with contextlib.suppress(ValueError, KeyError, TypeError, OSError, Exception):
             d = json.loads(backend.read(name))
+            snap = d["snapshot"]
             out.append(
                 Intent(
                     name,
@@ -82,8 +106,12 @@ def read_intents(backend: Backend) -> list[Intent]:
                     str(d["host"]),
                     d.get("start"),
                     str(d["started_at"]),
-                    str(d["snapshot"]),
+                    None if snap is None else str(snap),
                     str(d.get("reason", "")),
+                    version=int(d.get("version", 1)),
+                    db=None if d.get("db") is None else str(d["db"]),
+                    db_dev=_opt_int(d.get("db_dev")),
+                    db_ino=_opt_int(d.get("db_ino")),
                 )
             )
     return out

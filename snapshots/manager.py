@@ -73,6 +73,22 @@ def check_database(db_path: Path) -> None:
         raise UsageError(f"cannot read {sq}: permission denied")
 
 
+def no_database_yet(db_path: Path) -> bool:
+    """The first run: `db_path` does not exist, or is a directory holding nothing but
+    chromasnap's own entries (`.chromasnap-*`, mount mode) and a file system's `lost+found`."""
+    if not os.path.lexists(db_path):
+        return True
+    if not db_path.is_dir():
+        return False
+    try:
+        names = os.listdir(db_path)
+    except OSError:
+        return False
+    from .swap import OWN_PREFIX
+
+    return all(n.startswith(OWN_PREFIX) or n == "lost+found" for n in names)
+
+
 class SnapshotManager:
     """Snapshots of one Chroma database directory kept in one store.
 
@@ -523,11 +539,20 @@ class SnapshotManager:
         db = self._need_db()
         if db.exists() and not db.is_dir():  # refuse before creating anything beside it
             raise UsageError(f"database {db} is not a directory")
+        if not self.backend.exists():
+            # No store: nothing to restore and no guarded write ever ran here, so no lock is
+            # needed to look, and none is taken: recover creates nothing (no empty store).
+            # Only moving a database aside (reset) takes the lock, and looks again under it.
+            result = recover(self, rollback_interrupted, False, python, timeout)
+            if result.action != "failed" or not reset:
+                return result
         with self._write_lock():
             return recover(self, rollback_interrupted, reset, python, timeout)
 
     def open_client(self, **kwargs: object) -> object:
-        """`recover()`, then `chromadb.PersistentClient(path=db)`: one call at start-up."""
+        """`recover()`, then `chromadb.PersistentClient(path=db)`: one call at start-up.
+
+        On a fresh start (no database yet) the client creates the database."""
         result = self.recover()
         if result.action == "failed":
             raise ChromasnapError(f"cannot recover {self.db_path}: {result.reason}")
@@ -561,7 +586,13 @@ class SnapshotManager:
 
         Takes the database write lock, snapshots (reason `snapshot_reason`), leaves a
         durable write intent for `recover` should the process die, and clears it when the
-        block ends.
+        block ends. The block's value is the pre-write snapshot.
+
+        On the first run (the database does not exist yet, or is an empty directory) no
+        snapshot is taken and the block's value is None: the directory is created (so a
+        client opened inside the block writes there) and the intent names "no database"
+        as the state to return to; `recover` after a crash inside moves what the write
+        left aside (kept) for a fresh start.
         """
         return WriteGuard(self, reason, tags, note, snapshot_reason)
 
@@ -717,7 +748,9 @@ class SnapshotManager:
             snaps, problems = repo.snapshots()
             if problems:
                 raise StoreError(f"{problems[0]}; prune stopped before deleting anything")
-            protected = {i.snapshot: "write intent (safety)" for i in read_intents(self.backend)}
+            protected = {
+                i.snapshot: "write intent (safety)" for i in read_intents(self.backend) if i.snapshot
+            }
             reasons = decide(snaps, rules, protected)
             entries = [
                 gc.PruneEntry(
@@ -837,27 +870,49 @@ class WriteGuard(contextlib.ContextDecorator):
     def _recreate_cm(self) -> WriteGuard:  # a fresh guard for each decorated call
         return WriteGuard(self.mgr, self.reason, self.tags, self.note, self.snapshot_reason)
 
-    def __enter__(self) -> Snapshot:
+    def __enter__(self) -> Snapshot | None:
         from .guard import write_intent
 
+        db = self.mgr._need_db()
+        if not os.path.lexists(db.parent):  # before the store makes it 0700: as chromadb would
+            from .fsutil import make_dirs
+
+            make_dirs(db.parent, 0o777)
         stack = contextlib.ExitStack()
         stack.enter_context(self.mgr._write_lock())
         try:
-            self.snapshot = self.mgr.snapshot(
-                reason=self.snapshot_reason, tags=self.tags, note=self.note or self.reason or None
-            )
-            self._intent = write_intent(self.mgr.backend, self.snapshot.id, self.reason)
-            rules = self.mgr.repo.config.retention
-            if rules.auto_prune:
-                from .retention import has_rules
+            if no_database_yet(db):  # the first write: nothing to snapshot, "no database" to return to
+                self._first_write(db)
+            else:
+                self.snapshot = self.mgr.snapshot(
+                    reason=self.snapshot_reason, tags=self.tags, note=self.note or self.reason or None
+                )
+                self._intent = write_intent(self.mgr.backend, self.snapshot.id, self.reason, db)
+                rules = self.mgr.repo.config.retention
+                if rules.auto_prune:
+                    from .retention import has_rules
 
-                if has_rules(rules):
-                    self.mgr.prune()
+                    if has_rules(rules):
+                        self.mgr.prune()
         except BaseException:
             stack.close()
             raise
         self._lock = stack
         return self.snapshot
+
+    def _first_write(self, db: Path) -> None:
+        """Create the store (an empty one) and the database directory, both durably, then the
+        intent naming "no database": a crash at any point leaves a fresh start."""
+        from .fsutil import crash_point, make_dirs
+        from .guard import write_intent
+
+        if db.is_symlink() and not db.exists():
+            raise UsageError(f"database {db} is a symbolic link to a missing {os.readlink(db)}")
+        with self.mgr.backend.lock():
+            self.mgr._repo = Repository.open_or_create(self.mgr.backend)
+        make_dirs(db, 0o777)  # as chromadb makes it (less the umask); fsyncs each parent
+        crash_point("first-write-dir")
+        self._intent = write_intent(self.mgr.backend, None, self.reason, db)
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
         try:

@@ -9,12 +9,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from . import swap
 from .errors import ChromasnapError, StoreError, UsageError
 
 if TYPE_CHECKING:
+    from .guard import Intent
     from .manager import SnapshotManager
 
 
@@ -34,14 +35,47 @@ class RestoreResult(BaseModel):
     """One line each: what the restore could not do as it should (an owner it may not set)."""
 
 
+RecoverKind = Literal["fresh-start", "healthy", "restored", "rolled-back", "reset", "failed"]
+
+
 class RecoverResult(BaseModel):
+    """What `recover` did. `action` is the coarse verb scripts were written against; `kind`
+    tells the cases apart (action in brackets):
+
+    - fresh-start (none): no database yet (missing or an empty directory) and nothing to
+      restore; or a guarded write that began with no database died, and what it wrote was
+      moved aside (`kept_path`). The application creates the database.
+    - healthy (none): the database opens; nothing was done.
+    - restored (restored): the database was broken or missing; the newest snapshot that
+      verifies is in place (`kept_path`: the broken one, if there was one).
+    - rolled-back (restored): a guarded write's process died; its pre-write snapshot is in place.
+    - reset (reset): nothing verifies; the database was moved aside, the path is empty.
+    - failed (failed): nothing verifies and `reset` was not asked; nothing was changed.
+    """
+
     action: Literal["none", "restored", "reset", "failed"]
+    kind: RecoverKind = "healthy"
     snapshot: str | None = None
     reason: str = ""
     kept_path: str | None = None
     finished_swap: str | None = None
     tried: list[str] = []
     warnings: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_kind(cls, data: object) -> object:
+        """`kind` from `action` when not given (only fresh-start is always given)."""
+        if isinstance(data, dict) and "kind" not in data:
+            action, reason = data.get("action"), str(data.get("reason", ""))
+            kind = {"none": "healthy", "restored": "restored"}.get(str(action), action)
+            if action == "restored" and reason.startswith(INTERRUPTED):
+                kind = "rolled-back"
+            data = {**data, "kind": kind}
+        return data
+
+
+INTERRUPTED = "interrupted guarded write"
 
 
 def restore(
@@ -167,6 +201,9 @@ def recover(
     finished = swap.finish_interrupted(db)
     intents = [i for i in read_intents(mgr.backend) if i.dead] if mgr.backend.exists() else []
     _refuse_while_open(db, intents if rollback_interrupted else [], "")
+    first_run = _first_run(mgr, db, intents, rollback_interrupted, finished)
+    if first_run is not None:
+        return first_run
     reason = ""
     if not db.exists():
         reason = "the database directory does not exist"
@@ -178,16 +215,17 @@ def recover(
             reason = f"health probe: {health.verdict}: {health.detail}"
         elif intents and rollback_interrupted:
             first = intents[0]
-            reason = f"interrupted guarded write by pid {first.pid} ({first.reason or 'no reason'})"
+            reason = f"{INTERRUPTED} by pid {first.pid} ({first.reason or 'no reason'})"
     if not reason:
         _clear(mgr, intents)
         return RecoverResult(action="none", reason="healthy", finished_swap=finished)
     _refuse_while_open(db, [], reason)
 
     tried: list[str] = []
-    candidates = [i.snapshot for i in intents]
+    candidates = [i.snapshot for i in intents if i.snapshot]
     if mgr.backend.exists():
         candidates += [s.id for s in reversed(mgr.list())]
+    nothing = "no snapshot verifies" if candidates else _no_snapshots(mgr)
     seen: set[str] = set()
     for sid in candidates:
         if sid in seen:
@@ -216,14 +254,14 @@ def recover(
         _clear(mgr, intents)
         return RecoverResult(
             action="reset",
-            reason=reason + "; no snapshot verifies",
+            reason=f"{reason}; {nothing}",
             kept_path=kept,
             finished_swap=finished,
             tried=tried,
         )
     return RecoverResult(
         action="failed",
-        reason=reason + "; no snapshot verifies",
+        reason=f"{reason}; {nothing}",
         finished_swap=finished,
         tried=tried,
     )
@@ -279,3 +317,63 @@ def _move_aside(db: Path) -> str | None:
         owner.apply(staging, who, db)
     done = swap.swap_in(db, staging, mount)
     return str(done.kept) if done.kept else None
+
+
+# --- the first run of an application (no database yet) ------------------------------------
+
+
+def _first_run(
+    mgr: SnapshotManager,
+    db: Path,
+    intents: list[Intent],
+    rollback_interrupted: bool,
+    finished: str | None,
+) -> RecoverResult | None:
+    """A fresh start, or None to go on with the usual checks.
+
+    - A guarded write that began with no database (its intent's snapshot is null) died:
+      what it left is moved aside (kept) and the path is a fresh start again. Such an
+      intent is stale, and dropped from `intents`, when a snapshot of this database was
+      taken since the write began.
+    - No database yet (missing, or an empty directory) and no snapshot to restore: a fresh
+      start; nothing is created. With snapshots the usual path restores the newest that
+      verifies (a bare machine).
+    """
+    from .manager import no_database_yet
+
+    stale = [i for i in intents if i.snapshot is None and _snapshotted_since(mgr, db, i.started_at)]
+    if stale:  # the database was snapshotted since: "no database" is no state to return to
+        _clear(mgr, stale)
+        intents[:] = [i for i in intents if i not in stale]
+    first = [i for i in intents if i.snapshot is None]
+    if first and rollback_interrupted:
+        kept = None if no_database_yet(db) else _move_aside(db)
+        _clear(mgr, intents)
+        where = f"; what it wrote is kept at {kept}" if kept else ""
+        return RecoverResult(
+            action="none",
+            kind="fresh-start",
+            reason=f"no database yet: rolled back an {INTERRUPTED} by pid {first[0].pid} "
+            f"({first[0].reason or 'no reason'}) that began with no database{where}",
+            kept_path=kept,
+            finished_swap=finished,
+        )
+    if not no_database_yet(db) or mgr.list():
+        return None
+    _clear(mgr, intents)
+    return RecoverResult(action="none", kind="fresh-start", reason="no database yet", finished_swap=finished)
+
+
+def _snapshotted_since(mgr: SnapshotManager, db: Path, started_at: str) -> bool:
+    """A snapshot of `db` was taken at or after `started_at` (an intent's UTC second)."""
+    return any(
+        s.source == str(db) and s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") >= started_at for s in mgr.list()
+    )
+
+
+def _no_snapshots(mgr: SnapshotManager) -> str:
+    """Why nothing could be restored when the store offers no snapshot at all."""
+    where = mgr.backend.location
+    if mgr.backend.exists() and mgr.problems:
+        return f"no readable snapshot in {where} ({mgr.problems[0]})"
+    return f"no snapshots in {where}; take one with chromasnap snapshot"

@@ -268,3 +268,17 @@ def test_probe_with_another_chromadb(old_python: str, db: Path, tmp_path: Path) 
     assert not down.ok and down.verdict in ("exception", "crashed", "mismatch"), down.detail
     r = cli("verify", new.id[:8], "--python", old_python, "--db", str(db), "--json")
     assert r.returncode == 1 and json.loads(r.stdout)[0]["ok"] is False
+
+
+def test_a_crash_that_prints_undecodable_bytes_is_a_verdict(tmp_path: Path) -> None:
+    """Injected at one seam, the probe's interpreter: a child that writes bytes that are not
+    UTF-8 (as a native crash on damaged files may) and dies by SIGSEGV. Seen for real once
+    in `chromasnap demo` ("unexpected error: UnicodeDecodeError")."""
+    from chromasnap.snapshots.checker import run_probe
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nprintf 'panic at \\377\\376\\n' >&2\nkill -SEGV $$\n")
+    fake.chmod(0o755)
+    report = run_probe(tmp_path, None, python=str(fake), timeout=60)
+    assert (report.verdict, report.signal) == ("crashed", "SIGSEGV")
+    assert "panic at \ufffd\ufffd" in report.stderr
