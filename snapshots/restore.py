@@ -15,6 +15,7 @@ from . import swap
 from .errors import ChromasnapError, StoreError, UsageError
 
 if TYPE_CHECKING:
+    from .guard import Intent
     from .manager import SnapshotManager
 
 
@@ -39,6 +40,8 @@ class RecoverResult(BaseModel):
     kept_path: str | None = None
     finished_swap: str | None = None
     tried: list[str] = []
+    warnings: list[str] = []
+    """Swap journals and write intents found but not trusted, so not acted upon."""
 
 
 def restore(
@@ -115,13 +118,15 @@ def recover(
     python: str | None = None,
     timeout: float | None = None,
 ) -> RecoverResult:
-    from .guard import read_intents
-
     db = mgr._need_db()
     if db.exists() and not db.is_dir():
         raise UsageError(f"database {db} is not a directory")
     finished = swap.finish_interrupted(db)
-    intents = [i for i in read_intents(mgr.backend) if i.dead] if mgr.backend.exists() else []
+    warnings: list[str] = []
+    if finished and finished.startswith(swap.IGNORED):
+        warnings.append(finished)
+        finished = None
+    intents = _trusted_intents(mgr, db, warnings)
     reason = ""
     if not db.exists():
         reason = "the database directory does not exist"
@@ -136,10 +141,10 @@ def recover(
             reason = f"interrupted guarded write by pid {first.pid} ({first.reason or 'no reason'})"
     if not reason:
         _clear(mgr, intents)
-        return RecoverResult(action="none", reason="healthy", finished_swap=finished)
+        return RecoverResult(action="none", reason="healthy", finished_swap=finished, warnings=warnings)
 
     tried: list[str] = []
-    candidates = [i.snapshot for i in intents]
+    candidates = [i.snapshot for i in intents if i.snapshot]
     if mgr.backend.exists():
         candidates += [s.id for s in reversed(mgr.list())]
     seen: set[str] = set()
@@ -163,6 +168,7 @@ def recover(
             kept_path=res.kept_path,
             finished_swap=finished,
             tried=tried,
+            warnings=warnings,
         )
     if reset:
         kept = _move_aside(db)
@@ -173,13 +179,37 @@ def recover(
             kept_path=kept,
             finished_swap=finished,
             tried=tried,
+            warnings=warnings,
         )
     return RecoverResult(
         action="failed",
         reason=reason + "; no snapshot verifies",
         finished_swap=finished,
         tried=tried,
+        warnings=warnings,
     )
+
+
+def _trusted_intents(mgr: SnapshotManager, db: Path, warnings: list[str]) -> list[Intent]:
+    """The write intents recover may act on (guard.trusted_intents: this database's own,
+    of a dead process on this host, after a snapshot in the store); why others are not
+    goes to `warnings`."""
+    from datetime import datetime
+
+    from .guard import trusted_intents
+
+    if not mgr.backend.exists():
+        return []
+
+    def created(sid: str) -> datetime | None:
+        try:
+            return mgr.repo.load_snapshot(sid).created_at
+        except ChromasnapError:
+            return None
+
+    trusted, problems = trusted_intents(mgr.backend, db, created)
+    warnings.extend(problems)
+    return trusted
 
 
 def _clear(mgr: SnapshotManager, intents: list) -> None:  # type: ignore[type-arg]
