@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -81,8 +80,12 @@ def scan(root: Path) -> Scan:
             return  # a folder removed since its parent was listed
         for e in entries:
             path = f"{rel}/{e.name}" if rel else e.name
-            if not rel and e.name.startswith(OWN_PREFIX):
-                continue  # chromasnap's own (a restore staged inside a mount point)
+            if e.name.startswith(OWN_PREFIX):  # chromasnap's own (a restore staged in a mount point)
+                if rel:  # never ours below the top: say so (a snapshot may not hold such names)
+                    out.skipped.append(
+                        SkippedEntry(path=path, kind="reserved", reason="name reserved for chromasnap")
+                    )
+                continue
             try:
                 st = e.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -362,23 +365,30 @@ class SqliteCopy:
         self,
         live: Path,
         dest: Path,
-        timeout: float = 300,
+        timeout: float = 3600,
         records: bool = False,
         since: int | None = None,
     ) -> None:
+        import threading
+
         from . import sqlite_copy
+        from .checker import kill_group, spawn_child
 
         self.live, self.dest, self.timeout = live, dest, timeout
         self.records = dest.with_name(dest.name + ".records") if records else None
         extra = ["--records", str(self.records)] if self.records else []
         if self.records and since is not None:
             extra += ["--since", str(since)]
-        self.proc = subprocess.Popen(
-            [sys.executable, sqlite_copy.__file__, str(live), str(dest), *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.proc = spawn_child([sys.executable, sqlite_copy.__file__, str(live), str(dest), *extra])
+        self.timed_out = False
+
+        def expire() -> None:  # the pipes are read without a timeout: end the child instead
+            self.timed_out = True
+            kill_group(self.proc)
+
+        self._timer = threading.Timer(timeout, expire)
+        self._timer.daemon = True
+        self._timer.start()
 
     def start(self) -> SqliteCopy:
         assert self.proc.stdout is not None
@@ -393,11 +403,11 @@ class SqliteCopy:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         out = self.proc.stdout.read()
         err = self.proc.stderr.read()
-        try:
-            self.proc.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
+        self.proc.wait()
+        self._timer.cancel()
+        if self.timed_out:
             self.kill()
-            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s") from None
+            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s")
         lines = out.strip().splitlines()
         if self.proc.returncode != 0 or not lines:
             self._fail(lines[-1] if lines else "", err)
@@ -414,6 +424,8 @@ class SqliteCopy:
             if not line.strip() and rest.strip():
                 line = rest.strip().splitlines()[-1]
         self.kill()
+        if self.timed_out:
+            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s")
         try:
             msg = json.loads(line)["error"]
         except (ValueError, KeyError, TypeError, IndexError):
@@ -422,15 +434,18 @@ class SqliteCopy:
         raise CaptureError(f"cannot read {self.live} with SQLite: {msg}")
 
     def kill(self) -> None:
+        from .checker import kill_group
+
+        self._timer.cancel()
         if self.proc.poll() is None:
-            self.proc.kill()
+            kill_group(self.proc)
         self.proc.wait()
         self.dest.unlink(missing_ok=True)
         if self.records is not None:
             self.records.unlink(missing_ok=True)
 
 
-def copy_sqlite(live: Path, dest: Path, timeout: float = 300) -> dict[str, Any]:
+def copy_sqlite(live: Path, dest: Path, timeout: float = 3600) -> dict[str, Any]:
     """Copy a live chroma.sqlite3 to `dest` from a child process; returns its report."""
     return SqliteCopy(live, dest, timeout).start().finish()
 
