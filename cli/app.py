@@ -67,7 +67,9 @@ def main() -> None:
             typer.echo("chromasnap: aborted", err=True)
             sys.exit(1)
         if callable(fmt) and isinstance(code, int):
-            typer.echo(f"chromasnap: {fmt()}".replace("\n", " "), err=True)
+            from .common import shown
+
+            typer.echo(f"chromasnap: {shown(str(fmt()).replace(chr(10), ' '))}", err=True)
             sys.exit(code)
         raise
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
 from .verify_cmd import PythonOpt, TimeoutOpt
 
 
@@ -29,11 +29,14 @@ def recover_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Finish an interrupted swap, probe, and restore the newest snapshot that verifies if needed."""
-    res = manager(db, store).recover(
+    res = manager(db, store, allow_foreign_owner).recover(
         rollback_interrupted=rollback, reset=reset, python=python, timeout=timeout
     )
+    for warning in res.warnings:
+        typer.echo(f"warning: {shown(warning)}", err=True)
     if json_out:
         print_json(
             {
@@ -45,20 +48,20 @@ def recover_cmd(
         )
     else:
         if res.finished_swap:
-            typer.echo(res.finished_swap)
+            typer.echo(shown(res.finished_swap))
         if res.action == "none":
             typer.echo("healthy: nothing to do")
         elif res.action == "restored":
             typer.echo(
-                f"restored {res.snapshot and res.snapshot[:12]} because {res.reason}; "
-                f"the broken database is kept at {res.kept_path}"
+                f"restored {res.snapshot and res.snapshot[:12]} because {shown(res.reason)}; "
+                f"the broken database is kept at {shown(res.kept_path)}"
             )
         elif res.action == "reset":
             typer.echo(
-                f"reset: {res.reason}; the broken database is kept at {res.kept_path}; "
+                f"reset: {shown(res.reason)}; the broken database is kept at {shown(res.kept_path)}; "
                 "the database path is empty, ready for a re-index"
             )
         else:
-            typer.echo(f"failed: {res.reason}", err=True)
+            typer.echo(f"failed: {shown(res.reason)}", err=True)
     if res.action == "failed":
         raise typer.Exit(1)
