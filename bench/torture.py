@@ -3,6 +3,8 @@
     python bench/torture.py            # the short form (also run by tests/test_torture.py)
     python bench/torture.py --long     # 500 kills, 1000 flips, every bad input, 60 s of concurrency
 
+Bad inputs include every crafted store of bench/hostile.py (a store is hostile input).
+
 Prints one summary line: `kills K, lost L; flips F, undetected U; bad inputs B, tracebacks T;
 concurrency C ops, torn 0`. Everything is real: chromadb databases built with explicit
 embeddings, child processes killed with SIGKILL, bytes flipped in real store files, the
@@ -321,7 +323,28 @@ def bad_inputs(root: Path, t: Tally) -> None:
         t.wrong.append("a bad input changed the store")
     if tree(db) != before_db:
         t.wrong.append("a bad input changed the database")
+    hostile_stores(root, db, store, good, t)
     _ctrl_c(root, db, good, t)
+
+
+def hostile_stores(root: Path, db: Path, store: Path, good: str, t: Tally) -> None:
+    """Crafted stores (bench/hostile.py: real format, ids recomputed), one CLI command each:
+    exit code, one line naming the object, no raw control character, victims untouched."""
+    from hostile import CLI_CASES, Base, foreign_owner, outcome_problems
+
+    base = Base(db=db, store=store, work=root / "hostile", ids=[good])
+    base.work.mkdir(exist_ok=True)
+    for build in CLI_CASES:
+        if build is foreign_owner and os.geteuid() != 0:
+            continue  # making a store another user owns needs root
+        case = build(base)
+        r = cli(*case.args)
+        t.bad_inputs += 1
+        t.tracebacks += "Traceback" in r.stderr
+        t.wrong += [
+            f"hostile store {case.name}: {p}"
+            for p in outcome_problems(case, r.returncode, r.stdout, r.stderr)
+        ]
 
 
 def _store_tree(store: Path) -> dict[str, bytes]:
