@@ -462,6 +462,22 @@ def deep_record_chunk(base: Base) -> Case:
     return _record_chunk_case(base, "deep-record-chunk", _deep(), "nested more than 32")
 
 
+def deep_record_index(base: Base) -> Case:
+    """The record index's directory blob nested 100,000 deep."""
+    store, _ = _copy(base, "deep-record-index")
+    c = Crafter(store)
+    doc = c.doc(base.ids[-1])
+    doc["records"] = c.blob(_deep(), "records")
+    c.save(doc)
+    return Case("deep-record-index", ["find", "coll0-1", "--store", str(store)], 0, "nested more than 32")
+
+
+def deep_catalog(base: Base) -> Case:
+    store, _ = _copy(base, "deep-catalog")
+    (store / "catalog.json").write_bytes(b'{"version": 1, "snapshots": ' + _deep() + b"}")
+    return Case("deep-catalog", ["list", "--store", str(store), "--json"], 0, "catalog.json is unreadable")
+
+
 def huge_document(base: Base) -> Case:
     """A 500 MB snapshot document (list took 2.6 GB): refused from its size."""
     store, _ = _copy(base, "huge-doc")
@@ -737,11 +753,13 @@ CLI_CASES: list[Callable[[Base], Case]] = [
     hnsw_link_bytes,
     huge_record_chunk,
     deep_record_chunk,
+    deep_record_index,
     huge_document,
     deep_snapshot,
     deep_index,
     deep_config,
     deep_chunk_list,
+    deep_catalog,
     bad_catalog,
     misnamed_document,
     free_space,

@@ -34,7 +34,7 @@ def restore_cmd(
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", min=1, help="Seconds before chromadb is stopped (probe: 120; --collection: none)."
+            "--timeout", min=1, help="Seconds before chromadb is stopped (probe: 120; --collection: 3600)."
         ),
     ] = None,
     db: DbOpt = None,

@@ -67,30 +67,39 @@ def _no_constant(value: str) -> Any:
     raise ValueError(f"{value} is not a JSON number")
 
 
+def _problem(raw: bytes, max_depth: int, exact: bool) -> str | None:
+    """Why `raw` must not reach json.loads (too deep, too big in memory), from its brackets,
+    quotes and commas alone. Not `exact`, brackets and commas inside strings count too: an
+    overestimate, so passing it is enough (and costs a few C-speed passes over the bytes)."""
+    src = _STRING.sub(b'""', raw) if exact else raw
+    strings = src.count(b'"') // 2
+    shape = src.translate(_OPEN_CLOSE, _NOT_STRUCTURE)
+    items = shape.count(b",")
+    brackets = shape.replace(b",", b"")
+    containers = len(brackets) // 2
+    # Python objects: ~64 bytes per list or dict, ~56 per string, a pointer per item
+    if 64 * containers + 56 * strings + 8 * items + len(raw) > limits.MAX_JSON_MEMORY:
+        return f"too many values to hold in memory ({containers} lists or objects)"
+    for _ in range(max_depth + 1):
+        if not brackets:
+            return None
+        inner = brackets.replace(b"[]", b"")
+        if inner == brackets:
+            return "not valid JSON (unbalanced brackets)"
+        brackets = inner
+    return f"nested more than {max_depth} levels deep"
+
+
 def parse_json(raw: bytes, name: str, max_bytes: int, max_depth: int = limits.MAX_JSON_DEPTH) -> Any:
     """JSON from a store, parsed only when it is at most `max_bytes`, nested at most
     `max_depth` deep and small enough in memory: a crafted document can neither exhaust
     the stack (json.loads recurses) nor the memory. Problems are one-line ManifestErrors."""
     if len(raw) > max_bytes:
         raise ManifestError(f"{name}: {len(raw)} bytes, more than the {max_bytes} a valid one can have")
-    shape = _STRING.sub(b'""', raw)
-    strings = shape.count(b'""')
-    shape = shape.translate(_OPEN_CLOSE, _NOT_STRUCTURE)
-    items = shape.count(b",")
-    brackets = shape.replace(b",", b"")
-    containers = len(brackets) // 2
-    # Python objects: ~64 bytes per list or dict, ~56 per string, a pointer per item
-    if 64 * containers + 56 * strings + 8 * items + len(raw) > limits.MAX_JSON_MEMORY:
-        raise ManifestError(f"{name}: too many values to hold in memory ({containers} lists or objects)")
-    for _ in range(max_depth + 1):
-        if not brackets:
-            break
-        inner = brackets.replace(b"[]", b"")
-        if inner == brackets:
-            raise ManifestError(f"{name}: not valid JSON (unbalanced brackets)")
-        brackets = inner
-    else:
-        raise ManifestError(f"{name}: nested more than {max_depth} levels deep")
+    if _problem(raw, max_depth, exact=False):  # rare: look again without the strings' content
+        problem = _problem(raw, max_depth, exact=True)
+        if problem:
+            raise ManifestError(f"{name}: {problem}")
     try:
         return json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

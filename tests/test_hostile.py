@@ -105,6 +105,14 @@ def test_other_snapshots_still_list_and_restore_beside_a_damaged_one(base: hosti
     r = cli("extract", base.ids[0], str(out), "--store", str(store))
     assert r.returncode == 0, r.stderr
     assert tree_bytes(out) == tree_bytes(base.db)
+    db = base.work / "restored"
+    shutil.copytree(base.db, db)
+    (db / "chroma.sqlite3").write_bytes(b"not what it was")
+    r = cli(
+        "restore", base.ids[0], "--yes", "--no-verify", "--no-backup", "--db", str(db), "--store", str(store)
+    )
+    assert r.returncode == 0, r.stderr
+    assert tree_bytes(db) == tree_bytes(base.db)
     r = cli("verify", "--all", "--quick", "--store", str(store), "--json")
     verdicts = {row["id"]: row["ok"] for row in json.loads(r.stdout)}
     assert all(verdicts[i] for i in base.ids) and not all(verdicts.values())
