@@ -11,6 +11,7 @@ import json
 import os
 import re
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -191,8 +192,6 @@ class Repository:
             moved = self.index().get(key)
             if moved is not None and moved != loc:
                 return moved
-            import time
-
             time.sleep(0.1 * (attempt + 1))  # gc removes old index files right after the new one
         return None
 
