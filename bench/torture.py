@@ -5,6 +5,8 @@
                                        # 200 snapshots under a writer saving its HNSW every 100 records
     python bench/torture.py --persist-only --persist 200
 
+Bad inputs include every crafted store of bench/hostile.py (a store is hostile input).
+
 Prints one summary line: `kills K, lost L; flips F, undetected U; bad inputs B, tracebacks T;
 concurrency C ops, torn 0`, and one for the persist part: snapshots taken and refused, torn
 ones (0), and how often a folder was re-read because it was caught mid-save. Everything is real: chromadb databases built with explicit
@@ -324,7 +326,28 @@ def bad_inputs(root: Path, t: Tally) -> None:
         t.wrong.append("a bad input changed the store")
     if tree(db) != before_db:
         t.wrong.append("a bad input changed the database")
+    hostile_stores(root, db, store, good, t)
     _ctrl_c(root, db, good, t)
+
+
+def hostile_stores(root: Path, db: Path, store: Path, good: str, t: Tally) -> None:
+    """Crafted stores (bench/hostile.py: real format, ids recomputed), one CLI command each:
+    exit code, one line naming the object, no raw control character, victims untouched."""
+    from hostile import CLI_CASES, Base, foreign_owner, outcome_problems
+
+    base = Base(db=db, store=store, work=root / "hostile", ids=[good])
+    base.work.mkdir(exist_ok=True)
+    for build in CLI_CASES:
+        if build is foreign_owner and os.geteuid() != 0:
+            continue  # making a store another user owns needs root
+        case = build(base)
+        r = cli(*case.args)
+        t.bad_inputs += 1
+        t.tracebacks += "Traceback" in r.stderr
+        t.wrong += [
+            f"hostile store {case.name}: {p}"
+            for p in outcome_problems(case, r.returncode, r.stdout, r.stderr)
+        ]
 
 
 def _store_tree(store: Path) -> dict[str, bytes]:

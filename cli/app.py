@@ -60,6 +60,9 @@ def main() -> None:
 
     try:
         rv = app(standalone_mode=False)
+    except KeyboardInterrupt:  # before a command's own handler runs (typer still building it)
+        typer.echo("chromasnap: interrupted; nothing partial was left in the store", err=True)
+        sys.exit(130)
     except Exception as exc:
         # typer carries its own copy of click: recognise its exceptions by their shape
         fmt, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
@@ -67,7 +70,9 @@ def main() -> None:
             typer.echo("chromasnap: aborted", err=True)
             sys.exit(1)
         if callable(fmt) and isinstance(code, int):
-            typer.echo(f"chromasnap: {fmt()}".replace("\n", " "), err=True)
+            from .common import shown
+
+            typer.echo(f"chromasnap: {shown(str(fmt()).replace(chr(10), ' '))}", err=True)
             sys.exit(code)
         raise
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -28,12 +28,49 @@ StoreOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+ForeignOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-foreign-owner",
+        envvar="CHROMASNAP_ALLOW_FOREIGN_OWNER",
+        help="Read a store owned by another user (refused by default: they could have crafted it).",
+    ),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_ESCAPES: dict[int, str] = {
+    c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+} | {  # bidi overrides and line separators reorder or break what the terminal shows
+    c: f"\\u{c:04x}"
+    for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029)
+}
+
+
+def shown(value: object, markup: bool = False) -> str:
+    """How anything read from a store (a tag, a reason, a path, a record id, an error
+    naming them) is printed: as text, with control characters shown escaped (``\\x1b``),
+    so it can neither move the cursor, retitle the terminal, hyperlink nor reorder what is
+    shown; with `markup`, also escaped for rich (``[/oops]`` stays text). `--json` output
+    needs none of this: JSON escapes control characters itself."""
+    out = str(value).translate(_ESCAPES)
+    if markup:
+        from rich.markup import escape
+
+        out = escape(out)
+    return out
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich Console that prints no emoji codes (``:x:`` in a tag stays text)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, emoji=False)
+
 
 def fail(message: str, code: int) -> None:
-    typer.echo(f"chromasnap: {message}", err=True)
+    line = shown(message)
+    typer.echo(f"chromasnap: {line if len(line) <= 2000 else line[:2000] + '…'}", err=True)
     raise typer.Exit(code)
 
 
@@ -73,10 +110,15 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def manager(db: Path | None, store: Path | None) -> Any:
+def manager(db: Path | None, store: Path | None, allow_foreign_owner: bool = False) -> Any:
+    """The SnapshotManager of the options; what it found and left alone (a swap journal
+    that is not this database's own) is printed as warnings."""
     from chromasnap.snapshots import SnapshotManager
 
-    return SnapshotManager(db, store)
+    mgr = SnapshotManager(db, store, allow_foreign_owner=allow_foreign_owner or None)
+    for warning in mgr.warnings:
+        typer.echo(f"warning: {shown(warning)}", err=True)
+    return mgr
 
 
 def print_json(data: Any) -> None:

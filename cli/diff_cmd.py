@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
+    shown,
+)
 
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")]
 LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="At most this many ids per list.")]
@@ -24,9 +35,10 @@ def diff_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """What changed from snapshot A to B (default: the live database), per collection and file."""
-    res = manager(db, store).diff(a, b, ids=ids, limit=limit)
+    res = manager(db, store, allow_foreign_owner).diff(a, b, ids=ids, limit=limit)
     if json_out:
         data = res.model_dump(mode="json", exclude={"duration_s"})
         for c in data["collections"]:
@@ -45,17 +57,17 @@ def diff_cmd(
         fields = ", ".join(f"{k} {v}" for k, v in sorted(c.fields.items()))
         note = {"created": " (created)", "dropped": " (dropped)", "recreated": " (dropped and recreated)"}
         typer.echo(
-            f"  {c.name}{note.get(c.status, '')}: {what} "
+            f"  {shown(c.name)}{note.get(c.status, '')}: {what} "
             f"({c.records_a} -> {c.records_b} records)" + (f"; changed: {fields}" if fields else "")
         )
         if c.ids is not None:
             for kind, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
                 for rid in getattr(c.ids, kind):
-                    typer.echo(f"    {sign} {rid}")
+                    typer.echo(f"    {sign} {shown(rid)}")
     if res.files:
         typer.echo(f"  files: {len(res.files)} differ ({human_bytes(res.changed_bytes)})")
         for f in res.files:
             sizes = f"{human_bytes(f.size_a or 0)} -> {human_bytes(f.size_b or 0)}"
-            typer.echo(f"    {f.status:8} {f.path} ({sizes})")
+            typer.echo(f"    {f.status:8} {shown(f.path)} ({sizes})")
     else:
         typer.echo("  files: identical")

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
+)
 from .verify_cmd import PythonOpt, TimeoutOpt
 
 
@@ -22,9 +32,12 @@ def export_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Write ids, documents, metadatas and embeddings of COLLECTION as JSON Lines, atomically."""
-    res = manager(db, store).export(snapshot_id, collection, out, python=python, timeout=timeout)
+    res = manager(db, store, allow_foreign_owner).export(
+        snapshot_id, collection, out, python=python, timeout=timeout
+    )
     if json_out:
         print_json(res.model_dump(mode="json"))
     else:

@@ -10,6 +10,7 @@ import typer
 from .common import (
     DbOpt,
     DebugOpt,
+    ForeignOpt,
     JsonOpt,
     StoreOpt,
     handle_errors,
@@ -27,9 +28,10 @@ def extract_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Extract a snapshot into DIR; every file is checked against its hash."""
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     snap = mgr.get(snapshot_id)
     with progress_bar("extract", snap.totals.data_bytes, not json_out) as prog:
         out = mgr.extract(snap.id, target, progress=prog)

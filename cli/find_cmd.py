@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Only this collection.")]
 
@@ -19,20 +19,23 @@ def find_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Every snapshot holding RECORD_ID and when it appeared, changed, vanished; exit 1 if none."""
-    res = manager(db, store).find(record_id, collection)
+    res = manager(db, store, allow_foreign_owner).find(record_id, collection)
+    for problem in res.problems:
+        typer.echo(f"warning: {shown(problem)}", err=True)
     if json_out:
         print_json(res.model_dump(mode="json", exclude={"duration_s"}))
     else:
         where = f" in {collection}" if collection else ""
         held = [e for e in res.entries if e.change != "vanished"]
-        typer.echo(f"{record_id}{where}: in {len(held)} of {res.snapshots} snapshots")
+        typer.echo(f"{shown(record_id)}{shown(where)}: in {len(held)} of {res.snapshots} snapshots")
         for e in res.entries:
-            detail = f" ({', '.join(e.fields)})" if e.fields else ""
+            detail = f" ({shown(', '.join(e.fields))})" if e.fields else ""
             seq = f" seq {e.seq_id}" if e.seq_id is not None else ""
             typer.echo(
-                f"  {e.snapshot[:12]}  {e.created_at[:19].replace('T', ' ')}  {e.collection:20} "
+                f"  {e.snapshot[:12]}  {e.created_at[:19].replace('T', ' ')}  {shown(e.collection):20} "
                 f"{e.change}{detail}{seq}"
             )
     if not res.entries:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
 from .verify_cmd import PythonOpt, TimeoutOpt
 
 
@@ -21,13 +21,14 @@ def health_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Probe the live database with chromadb in a child process; exit 0 healthy, 1 not."""
-    report = manager(db, store).health(in_place=in_place, python=python, timeout=timeout)
+    report = manager(db, store, allow_foreign_owner).health(in_place=in_place, python=python, timeout=timeout)
     if json_out:
         print_json({"healthy": report.healthy, "verdict": report.verdict, "detail": report.detail})
     else:
         state = "healthy" if report.healthy else f"UNHEALTHY ({report.verdict})"
-        typer.echo(f"{state}: {report.detail}")
+        typer.echo(f"{state}: {shown(report.detail)}")
     if not report.healthy:
         raise typer.Exit(1)

@@ -9,6 +9,7 @@ import typer
 from .common import (
     DbOpt,
     DebugOpt,
+    ForeignOpt,
     JsonOpt,
     StoreOpt,
     dir_bytes,
@@ -16,6 +17,7 @@ from .common import (
     human_bytes,
     manager,
     print_json,
+    shown,
 )
 
 
@@ -27,9 +29,10 @@ def kept_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """List (or purge) the replaced databases that restore and recover kept."""
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     kept = mgr.kept()
     if purge and kept and not yes:
         import sys
@@ -46,6 +49,6 @@ def kept_cmd(
         print_json({"kept": rows, "purged": purge})
         return
     for r in rows:
-        typer.echo(f"{'purged' if purge else 'kept'} {r['path']} ({human_bytes(int(r['bytes']))})")
+        typer.echo(f"{'purged' if purge else 'kept'} {shown(r['path'])} ({human_bytes(int(r['bytes']))})")
     if not rows:
         typer.echo("no kept databases")

@@ -7,39 +7,45 @@ import typer
 from .common import (
     DbOpt,
     DebugOpt,
+    ForeignOpt,
     JsonOpt,
     StoreOpt,
+    console,
     handle_errors,
     human_bytes,
     manager,
     print_json,
+    shown,
     summary,
 )
 
 
 @handle_errors
 def list_cmd(
-    db: DbOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """List snapshots with their size, what each added, and the last verification."""
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     if not mgr.backend.exists():
         from chromasnap.snapshots import UsageError
 
         raise UsageError(f"no chromasnap store at {mgr.store_path} (take one with `chromasnap snapshot`)")
     snaps = mgr.list()
     for problem in mgr.problems:
-        typer.echo(f"warning: {problem}", err=True)
+        typer.echo(f"warning: {shown(problem)}", err=True)
     if json_out:
         print_json([summary(s) for s in snaps])
         return
     if not snaps:
-        typer.echo(f"no snapshots in {mgr.store_path}")
+        typer.echo(f"no snapshots in {shown(mgr.store_path)}")
         return
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"snapshots in {mgr.store_path}", title_justify="left")
+    table = Table(title=f"snapshots in {shown(mgr.store_path, markup=True)}", title_justify="left")
     for col in ("id", "created (UTC)", "reason", "tags", "size", "new", "verified"):
         table.add_column(col, justify="right" if col in ("size", "new") else "left", no_wrap=col != "tags")
     for s in snaps:
@@ -47,10 +53,10 @@ def list_cmd(
         table.add_row(
             s.id[:8],
             s.created_at.strftime("%Y-%m-%d %H:%M"),
-            s.reason,
-            ",".join(s.tags),
+            shown(s.reason, markup=True),
+            shown(",".join(s.tags), markup=True),
             human_bytes(s.totals.logical_bytes),
             human_bytes(s.totals.new_bytes),
-            "-" if last is None else f"{last.verdict}/{last.mode}",
+            "-" if last is None else shown(f"{last.verdict}/{last.mode}", markup=True),
         )
-    Console().print(table)
+    console().print(table)

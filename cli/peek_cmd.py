@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    StoreOpt,
+    console,
+    handle_errors,
+    manager,
+    print_json,
+    shown,
+)
 
 
 @handle_errors
@@ -21,26 +32,47 @@ def peek_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Show records (id, document, metadata) of COLLECTION in a snapshot; exit 1 if an --id is missing."""
-    res = manager(db, store).peek(snapshot_id, collection, limit=limit, ids=ids)
+    res = manager(db, store, allow_foreign_owner).peek(snapshot_id, collection, limit=limit, ids=ids)
     if json_out:
         print_json(res.model_dump(mode="json"))
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(
-            title=f"{collection} in {res.snapshot[:12]}: {len(res.records)} of {res.total} records",
+            title=f"{shown(collection, markup=True)} in {res.snapshot[:12]}: "
+            f"{len(res.records)} of {res.total} records",
             title_justify="left",
         )
         for col in ("id", "document", "metadata"):
             table.add_column(col, overflow="fold")
         for r in res.records:
-            doc = "-" if r.document is None else (r.document[:200] + ("…" if len(r.document) > 200 else ""))
-            table.add_row(r.id, doc, "-" if r.metadata is None else str(r.metadata))
-        Console().print(table)
+            doc = "-" if r.document is None else _clip(r.document)
+            meta = "-" if r.metadata is None else _clip(_short(r.metadata), 1000)
+            table.add_row(shown(_clip(r.id), markup=True), shown(doc, markup=True), shown(meta, markup=True))
+        console().print(table)
         for rid in res.missing:
-            typer.echo(f"not in this snapshot: {rid}", err=True)
+            typer.echo(f"not in this snapshot: {shown(_clip(rid))}", err=True)
     if res.missing:
         raise typer.Exit(1)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """At most `limit` characters of `text` (a record may hold megabytes: only a glimpse
+    is shown, in bounded time)."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def _short(metadata: dict[str, object]) -> str:
+    """The metadata as `{key: value}` with each key and value clipped before it is joined."""
+
+    def one(value: object) -> str:
+        if isinstance(value, list):
+            return "[" + ", ".join(one(v) for v in value[:20]) + (", …" if len(value) > 20 else "") + "]"
+        return repr(_clip(value, 200)) if isinstance(value, str) else _clip(repr(value), 200)
+
+    items = list(metadata.items())
+    body = ", ".join(f"{_clip(repr(k), 100)}: {one(v)}" for k, v in items[:50])
+    return "{" + body + (", …" if len(items) > 50 else "") + "}"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
 
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")]
 
@@ -18,9 +18,10 @@ def pin_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Pin a snapshot: prune never removes it."""
-    s = manager(db, store).pin(snapshot_id, True)
+    s = manager(db, store, allow_foreign_owner).pin(snapshot_id, True)
     print_json({"id": s.id, "pinned": True}) if json_out else typer.echo(f"pinned {s.short_id}")
 
 
@@ -31,7 +32,8 @@ def unpin_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Unpin a snapshot: retention rules apply to it again."""
-    s = manager(db, store).pin(snapshot_id, False)
+    s = manager(db, store, allow_foreign_owner).pin(snapshot_id, False)
     print_json({"id": s.id, "pinned": False}) if json_out else typer.echo(f"unpinned {s.short_id}")

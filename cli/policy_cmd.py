@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
 
 policy_app = typer.Typer(help="Show or set the store's retention rules.", no_args_is_help=True)
 
@@ -59,15 +59,19 @@ def rules_from(
 @policy_app.command("show")
 @handle_errors
 def show_cmd(
-    db: DbOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Print the retention rules."""
-    p = manager(db, store).policy()
+    p = manager(db, store, allow_foreign_owner).policy()
     if json_out:
         print_json(p.model_dump())
         return
     for k, v in p.model_dump().items():
-        typer.echo(f"{k:14} {'-' if v in (None, []) else v}")
+        typer.echo(f"{k:14} {'-' if v in (None, []) else shown(v)}")
 
 
 @policy_app.command("set")
@@ -91,11 +95,12 @@ def set_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Change the retention rules (flags not given stay as they are, unless --reset)."""
     from chromasnap.manifest import RetentionPolicy
 
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     base = RetentionPolicy() if reset else mgr.policy()
     update = rules_from(
         keep_last,
@@ -114,4 +119,6 @@ def set_cmd(
     if json_out:
         print_json(p.model_dump())
     else:
-        typer.echo("retention rules saved: " + ", ".join(f"{k}={v}" for k, v in p.model_dump().items() if v))
+        typer.echo(
+            "retention rules saved: " + shown(", ".join(f"{k}={v}" for k, v in p.model_dump().items() if v))
+        )

@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
+    shown,
+)
 from .policy_cmd import (
     KeepDaily,
     KeepHourly,
@@ -37,11 +48,12 @@ def prune_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Keep or remove each snapshot by rule (flags override the stored rules for this run)."""
     from chromasnap.manifest import RetentionPolicy
 
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     flags = rules_from(
         keep_last,
         keep_hourly,
@@ -69,11 +81,11 @@ def prune_cmd(
         return
     for e in sorted(res.kept + res.removed, key=lambda e: e.created_at):
         typer.echo(
-            f"{'keep  ' if e.keep else 'remove'} {e.id[:12]} {e.created_at[:19]} {e.reason:11} "
-            f"{', '.join(e.why)}"
+            f"{'keep  ' if e.keep else 'remove'} {e.id[:12]} {e.created_at[:19]} {shown(e.reason):11} "
+            f"{shown(', '.join(e.why))}"
         )
     for p in res.purged_kept_dirs:
-        typer.echo(f"{'would purge' if dry_run else 'purged'} kept database {p}")
+        typer.echo(f"{'would purge' if dry_run else 'purged'} kept database {shown(p)}")
     if dry_run:
         typer.echo(
             f"dry run: would remove {len(res.removed)} snapshots and free {human_bytes(res.expected_bytes)}"

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
 from .verify_cmd import PythonOpt, TimeoutOpt
 
 
@@ -29,13 +29,16 @@ def recover_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Finish an interrupted swap, probe, and restore the newest snapshot that verifies if needed.
 
     Reports one of: fresh start (no database yet), healthy, restored, rolled back (an
     interrupted guarded write), reset, failed (exit 1)."""
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     res = mgr.recover(rollback_interrupted=rollback, reset=reset, python=python, timeout=timeout)
+    for warning in res.warnings:
+        typer.echo(f"warning: {shown(warning)}", err=True)
     if json_out:
         print_json(
             {
@@ -51,27 +54,27 @@ def recover_cmd(
         )
     else:
         if res.finished_swap:
-            typer.echo(res.finished_swap)
+            typer.echo(shown(res.finished_swap))
         typer.echo(describe(res, mgr.db_path), err=res.action == "failed")
-        for w in res.warnings:
-            typer.echo(f"warning: {w}", err=True)
     if res.action == "failed":
         raise typer.Exit(1)
 
 
 def describe(res: Any, db: object) -> str:
-    """One line for a RecoverResult; a path is named only when there is one."""
+    """One line for a RecoverResult; a path is named only when there is one. Store and
+    database strings are shown as text (escaped), never as terminal control."""
     snap = (res.snapshot or "")[:12]
-    broken = f"; the replaced database is kept at {res.kept_path}" if res.kept_path else ""
+    reason, kept = shown(res.reason), shown(res.kept_path or "")
+    broken = f"; the replaced database is kept at {kept}" if res.kept_path else ""
     if res.kind == "fresh-start":
-        return f"fresh start at {db}: {res.reason}; the application creates the database"
+        return f"fresh start at {shown(str(db))}: {reason}; the application creates the database"
     if res.kind == "healthy":
         return "healthy: nothing to do"
     if res.kind == "rolled-back":
-        left = f"; what it wrote is kept at {res.kept_path}" if res.kept_path else ""
-        return f"rolled back: restored {snap} because of an {res.reason}{left}"
+        left = f"; what it wrote is kept at {kept}" if res.kept_path else ""
+        return f"rolled back: restored {snap} because of an {reason}{left}"
     if res.kind == "restored":
-        return f"restored {snap} because {res.reason}{broken}"
+        return f"restored {snap} because {reason}{broken}"
     if res.kind == "reset":
-        return f"reset: {res.reason}{broken}; the database path is empty, ready for a re-index"
-    return f"failed: {res.reason}"
+        return f"reset: {reason}{broken}; the database path is empty, ready for a re-index"
+    return f"failed: {reason}"

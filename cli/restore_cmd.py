@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
 from .verify_cmd import PythonOpt
 
 
@@ -40,16 +40,17 @@ def restore_cmd(
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", min=1, help="Seconds before chromadb is stopped (probe: 120; --collection: none)."
+            "--timeout", min=1, help="Seconds before chromadb is stopped (probe: 120; --collection: 3600)."
         ),
     ] = None,
     db: DbOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Restore a snapshot over the live database (kept: `chromasnap kept`), or one --collection."""
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     snap = mgr.get(snapshot_id)
     if collection is None and (as_name or replace):
         from chromasnap.snapshots import UsageError
@@ -84,11 +85,11 @@ def restore_cmd(
     if res.pre_restore:
         typer.echo(f"the previous database was snapshotted as {res.pre_restore[:12]}")
     if res.kept_path:
-        typer.echo(f"the replaced directory is kept at {res.kept_path}")
+        typer.echo(f"the replaced directory is kept at {shown(res.kept_path)}")
     if res.detail:
-        typer.echo(f"note: {res.detail}", err=True)
+        typer.echo(f"note: {shown(res.detail)}", err=True)
     for w in res.warnings:
-        typer.echo(f"warning: {w}", err=True)
+        typer.echo(f"warning: {shown(w)}", err=True)
 
 
 def _restore_collection(

@@ -9,12 +9,15 @@ import typer
 from .common import (
     DbOpt,
     DebugOpt,
+    ForeignOpt,
     JsonOpt,
     StoreOpt,
+    console,
     handle_errors,
     human_bytes,
     manager,
     print_json,
+    shown,
 )
 
 
@@ -25,16 +28,19 @@ def show_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Show a snapshot: files, Chroma's write-ahead state per collection, verifications."""
-    s = manager(db, store).get(snapshot_id)
+    s = manager(db, store, allow_foreign_owner).get(snapshot_id)
     if json_out:
         print_json(s.model_dump(mode="json"))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    def m(value: object) -> str:  # store text inside rich markup
+        return shown(value, markup=True)
+
+    con = console()
     t, w = s.totals, s.wal
     con.print(f"[bold]snapshot[/] {s.id}")
     for k, v in (
@@ -55,9 +61,9 @@ def show_cmd(
         ),
         ("queue", f"{w.queue_rows} rows; automatically_purge={w.automatically_purge}"),
     ):
-        con.print(f"  {k:9} {v}")
+        con.print(f"  {k:9} {m(v)}")
     if w.journal_action:
-        con.print(f"  {'':9} {w.journal_action}")
+        con.print(f"  {'':9} {m(w.journal_action)}")
     ct = Table(title="collections", title_justify="left")
     for c in ("name", "records", "hnsw", "queued", "vector seq", "lag"):
         ct.add_column(c)
@@ -65,7 +71,7 @@ def show_cmd(
         vec = next((x for x in c.segments if x.scope == "VECTOR"), None)
         lag = "no" if not c.vector_lags else ("covered" if c.lag_covered else "NOT COVERED")
         ct.add_row(
-            c.name,
+            m(c.name),
             str(c.records),
             "-"
             if c.hnsw_elements is None
@@ -79,12 +85,12 @@ def show_cmd(
     for c in ("path", "size", "layout", "captured"):
         ft.add_column(c)
     for f in s.files:
-        ft.add_row(f.path, human_bytes(f.size), f.layout, f.captured_by)
+        ft.add_row(m(f.path), human_bytes(f.size), f.layout, f.captured_by)
     con.print(ft)
     for sk in s.skipped:
-        con.print(f"  skipped {sk.path} ({sk.kind}: {sk.reason})")
+        con.print(f"  skipped {m(sk.path)} ({m(sk.kind)}: {m(sk.reason)})")
     for warning in w.warnings:
-        con.print(f"  [yellow]warning[/] {warning}")
+        con.print(f"  [yellow]warning[/] {m(warning)}")
     if s.verifications:
         vt = Table(title="verifications", title_justify="left")
         for c in ("at", "mode", "verdict", "chromadb", "seconds", "detail"):
@@ -93,10 +99,10 @@ def show_cmd(
             vt.add_row(
                 v.at.isoformat(),
                 v.mode,
-                v.verdict,
-                v.chromadb_version or "-",
+                m(v.verdict),
+                m(v.chromadb_version or "-"),
                 f"{v.duration_s:.1f}",
-                v.detail[:80],
+                m(v.detail[:80]),
             )
         con.print(vt)
     else:

@@ -9,6 +9,7 @@ import typer
 from .common import (
     DbOpt,
     DebugOpt,
+    ForeignOpt,
     JsonOpt,
     StoreOpt,
     dir_bytes,
@@ -17,6 +18,7 @@ from .common import (
     manager,
     print_json,
     progress_bar,
+    shown,
 )
 
 
@@ -37,6 +39,7 @@ def snapshot_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Take a snapshot of the database (unchanged files are not read again).
 
@@ -46,7 +49,7 @@ def snapshot_cmd(
     """
     from chromasnap.snapshots.capture import DAMAGE_MARK
 
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     total = dir_bytes(mgr.db_path) if mgr.db_path is not None and mgr.db_path.is_dir() else None
     with progress_bar("snapshot", total, not json_out) as prog:
         snap = mgr.snapshot(
@@ -68,6 +71,6 @@ def snapshot_cmd(
         f"{what} ({t.reused_files} files unchanged, {mgr.last_duration_s:.2f} s)"
     )
     for w in snap.wal.warnings:
-        typer.echo(f"warning: {w}", err=True)
+        typer.echo(f"warning: {shown(w)}", err=True)
     if damaged:
         raise typer.Exit(1)

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, human_bytes, manager, print_json
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
+)
 
 
 @handle_errors
 def stats_cmd(
-    db: DbOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Store size on disk, logical size of all snapshots, dedup ratio, bytes only each holds."""
-    st = manager(db, store).stats()
+    st = manager(db, store, allow_foreign_owner).stats()
     if json_out:
         print_json(st.model_dump())
         return

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
 
 PythonOpt = Annotated[
     str | None,
@@ -26,15 +26,18 @@ def verify_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
+    allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Verify snapshots; exit 0 when all pass, 1 when any fails."""
-    mgr = manager(db, store)
+    mgr = manager(db, store, allow_foreign_owner)
     if all_ and ids:
         from chromasnap.snapshots import UsageError
 
         raise UsageError("give snapshot ids or --all, not both")
     refs = None if all_ else (ids or ["latest"])
     reports = mgr.verify_many(refs, quick=quick, python=python, timeout=timeout)
+    for problem in sorted(mgr.repo.index_problems.values()):  # what was found without them
+        typer.echo(f"warning: {shown(problem)}", err=True)
     if json_out:
         print_json(
             [
@@ -46,7 +49,9 @@ def verify_cmd(
     else:
         for r in reports:
             mark = "ok  " if r.ok else "FAIL"
-            typer.echo(f"{mark} {r.id[:12]} {r.mode:5} {r.verdict:9} {r.detail} ({r.duration_s:.1f} s)")
+            typer.echo(
+                f"{mark} {r.id[:12]} {r.mode:5} {r.verdict:9} {shown(r.detail)} ({r.duration_s:.1f} s)"
+            )
         if not reports:
             typer.echo("no snapshots to verify")
     if not all(r.ok for r in reports):

@@ -11,7 +11,9 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from . import limits
 
 FORMAT_VERSION = 3
 """Version of the store layout and of every JSON document in it (2 added `Snapshot.records`,
@@ -22,18 +24,52 @@ failing on a field it does not know)."""
 
 def _check_relpath(value: str) -> str:
     """Reject any path that could land outside the directory it is relative to."""
+    shown = repr(value[:100]) + ("..." if len(value) > 100 else "")
     if not value or "\x00" in value or "\\" in value:
-        raise ValueError(f"unsafe path {value!r}")
+        raise ValueError(f"unsafe path {shown}")
     if value.startswith("/") or posixpath.isabs(value):
-        raise ValueError(f"absolute path {value!r}")
+        raise ValueError(f"absolute path {shown}")
     parts = value.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"path {value!r} has an empty, '.' or '..' component")
+        raise ValueError(f"path {shown} has an empty, '.' or '..' component")
+    if len(value.encode(errors="surrogatepass")) > limits.MAX_PATH or any(
+        len(p.encode(errors="surrogatepass")) > limits.MAX_NAME for p in parts
+    ):
+        raise ValueError(f"path {shown} is longer than a file system allows")
     return value
 
 
 RelPath = Annotated[str, AfterValidator(_check_relpath)]
 """A relative POSIX path with no '..', '.', empty component, backslash or NUL."""
+
+RESERVED_PREFIX = ".chromasnap-"
+"""Names chromasnap gives its own entries beside and inside a database (swap journals,
+staged and kept folders): never captured, and refused in a snapshot's files and folders."""
+
+
+def _check_entry_path(value: str) -> str:
+    if any(p.startswith(RESERVED_PREFIX) for p in value.split("/")):
+        raise ValueError(f"path {value[:200]!r} uses a name reserved for chromasnap ({RESERVED_PREFIX}*)")
+    return value
+
+
+EntryPath = Annotated[str, AfterValidator(_check_relpath), AfterValidator(_check_entry_path)]
+"""A RelPath that a snapshot may extract: no component is a reserved `.chromasnap-` name."""
+
+
+Mode = Annotated[int, Field(ge=0, le=0o7777)]
+"""Permission bits as captured (up to 0o7777); only `applied_mode` (0o777 at most: never
+setuid, setgid or sticky) is ever given to a file or folder."""
+
+
+def applied_mode(mode: int) -> int:
+    """The permission bits extract and restore apply: rwx for user, group and others only."""
+    return mode & 0o777
+
+
+Size = Annotated[int, Field(ge=0, le=limits.MAX_FILE_SIZE)]
+TimeNs = Annotated[int, Field(ge=-limits.MAX_TIME_NS, le=limits.MAX_TIME_NS)]
+Count = Annotated[int, Field(ge=0, le=1 << 63)]
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -41,7 +77,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def _check_key(value: str) -> str:
     if not _HEX64.fullmatch(value):
-        raise ValueError(f"not a 64-digit lowercase hex key: {value!r}")
+        raise ValueError(f"not a 64-digit lowercase hex key: {value[:80]!r}")
     return value
 
 
@@ -103,21 +139,38 @@ class StoreConfig(_Model):
 
 # --- chunk lists (stored as blobs of type "list" in packs) -----------------------------
 
-ChunkRef = tuple[Key, int]
+ChunkLen = Annotated[int, Field(ge=1, le=limits.MAX_CHUNK)]
+ChunkRef = tuple[Key, ChunkLen]
 """(blob key, uncompressed length)."""
+
+
+def _total(chunks: list[ChunkRef]) -> int:
+    return sum(n for _, n in chunks)
 
 
 class Extent(_Model):
     """A run of data at `offset` made of the listed chunks; gaps between extents are holes."""
 
-    offset: int = Field(ge=0)
+    offset: Size
     chunks: list[ChunkRef]
 
 
 class PlainList(_Model):
     layout: Literal["plain"] = "plain"
-    size: int = Field(ge=0)
+    size: Size
     extents: list[Extent]
+
+    @model_validator(mode="after")
+    def _extents_fit(self) -> PlainList:
+        """Extents in order, not overlapping, inside the file."""
+        end = 0
+        for ext in self.extents:
+            if ext.offset < end:
+                raise ValueError(f"extent at {ext.offset} overlaps the one before it")
+            end = ext.offset + _total(ext.chunks)
+        if end > self.size:
+            raise ValueError(f"extents end at {end}, past the file's {self.size} bytes")
+        return self
 
 
 class HnswSplitList(_Model):
@@ -128,13 +181,30 @@ class HnswSplitList(_Model):
     """
 
     layout: Literal["hnsw-split"] = "hnsw-split"
-    size: int = Field(ge=0)
-    record_size: int = Field(gt=0)
-    link_bytes: int = Field(gt=0)
-    records: int = Field(ge=0)
+    size: Size
+    record_size: int = Field(gt=0, le=limits.MAX_RECORD_SIZE)
+    link_bytes: int = Field(gt=0, le=limits.MAX_RECORD_SIZE)
+    records: int = Field(ge=0, le=limits.MAX_FILE_SIZE)
     links: list[ChunkRef]
     vectors: list[ChunkRef]
     tail: list[ChunkRef] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _streams_fit(self) -> HnswSplitList:
+        """The two streams hold exactly `records` records, and with the tail make the file."""
+        if self.link_bytes >= self.record_size:
+            raise ValueError(f"link_bytes {self.link_bytes} is not less than record_size {self.record_size}")
+        body = self.records * self.record_size
+        if body + _total(self.tail) != self.size:
+            raise ValueError(
+                f"{self.records} records of {self.record_size} bytes and the tail "
+                f"do not make {self.size} bytes"
+            )
+        if _total(self.links) != self.records * self.link_bytes:
+            raise ValueError("the links stream does not hold exactly the records' links")
+        if _total(self.vectors) != self.records * (self.record_size - self.link_bytes):
+            raise ValueError("the vectors stream does not hold exactly the records' vectors")
+        return self
 
 
 ChunkList = Annotated[PlainList | HnswSplitList, Field(discriminator="layout")]
@@ -150,13 +220,13 @@ class ChunkListDoc(_Model):
 
 
 class FileEntry(_Model):
-    path: RelPath
-    size: int = Field(ge=0, description="apparent size in bytes")
-    data_bytes: int = Field(ge=0, description="bytes in data regions (less than size if sparse)")
-    mode: int = Field(ge=0, le=0o7777)
-    mtime_ns: int
-    ctime_ns: int = Field(0, description="status change time at capture; to skip unchanged files")
-    inode: int = Field(0, description="inode at capture; only used to skip unchanged files")
+    path: EntryPath
+    size: Size = Field(description="apparent size in bytes")
+    data_bytes: Size = Field(description="bytes in data regions (less than size if sparse)")
+    mode: Mode
+    mtime_ns: TimeNs
+    ctime_ns: TimeNs = Field(0, description="status change time at capture; to skip unchanged files")
+    inode: Count = Field(0, description="inode at capture; only used to skip unchanged files")
     hash: Key = Field(description="BLAKE3 of the content, or of its extents if sparse")
     hash_kind: Literal["content", "extents"] = "content"
     layout: Literal["plain", "hnsw-split"] = "plain"
@@ -165,9 +235,9 @@ class FileEntry(_Model):
 
 
 class DirEntry(_Model):
-    path: RelPath
-    mode: int = Field(ge=0, le=0o7777)
-    mtime_ns: int = 0
+    path: EntryPath
+    mode: Mode
+    mtime_ns: TimeNs = 0
 
 
 class SkippedEntry(_Model):
@@ -228,7 +298,7 @@ class RecordChunkRef(_Model):
 
     first: str
     key: Key
-    count: int = Field(ge=0)
+    count: Count
 
 
 class VersionChunkRef(_Model):
@@ -236,15 +306,15 @@ class VersionChunkRef(_Model):
     `first` the lowest."""
 
     collection: str
-    first: int
+    first: int = Field(ge=-(1 << 63), lt=1 << 64)
     key: Key
-    count: int = Field(ge=0)
+    count: Count
 
 
 class CollectionRecords(_Model):
     id: str
     name: str
-    records: int = Field(ge=0)
+    records: Count
     chunks: list[RecordChunkRef] = Field(default_factory=list)
 
 
@@ -309,7 +379,7 @@ class Snapshot(_Model):
     note: str | None = None
     source: str = Field(description="absolute path of the database when captured")
     hostname: str = ""
-    root_mode: int = Field(0o755, ge=0, le=0o7777, description="mode of the database folder")
+    root_mode: Mode = Field(0o755, description="mode of the database folder")
     parent: Key | None = None
     chromasnap_version: str = ""
     chromadb_version: str | None = Field(None, description="chromadb installed where captured")
@@ -329,6 +399,25 @@ class Snapshot(_Model):
     verifications: list[Verification] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
     pinned: bool = False
+
+    @model_validator(mode="after")
+    def _entries_fit(self) -> Snapshot:
+        """Every path once, and inside a folder the snapshot lists (extract makes them in order)."""
+        if len(self.files) + len(self.dirs) > limits.MAX_ENTRIES:
+            raise ValueError(f"{len(self.files) + len(self.dirs)} entries, more than {limits.MAX_ENTRIES}")
+        dirs: set[str] = set()
+        for d in self.dirs:
+            parent = d.path.rpartition("/")[0]
+            if d.path in dirs or (parent and parent not in dirs):
+                raise ValueError(f"folder {d.path!r} is listed twice or before its parent")
+            dirs.add(d.path)
+        files: set[str] = set()
+        for f in self.files:
+            parent = f.path.rpartition("/")[0]
+            if f.path in files or f.path in dirs or (parent and parent not in dirs):
+                raise ValueError(f"file {f.path!r} is listed twice, as a folder too, or outside the folders")
+            files.add(f.path)
+        return self
 
     @property
     def short_id(self) -> str:

@@ -7,16 +7,23 @@ implementation of the same methods. Nothing above this module touches store path
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+from chromasnap.manifest import ManifestError, limits
+from chromasnap.manifest.io import parse_json
 
 from . import fsutil
 from .errors import LockTimeout, StoreError
@@ -38,6 +45,11 @@ def check_name(name: str) -> str:
     return name
 
 
+def allow_foreign_owner_default() -> bool:
+    """CHROMASNAP_ALLOW_FOREIGN_OWNER=1 allows reading a store another user owns."""
+    return os.environ.get("CHROMASNAP_ALLOW_FOREIGN_OWNER", "").lower() in ("1", "true", "yes")
+
+
 class Backend(ABC):
     """Where a store's files live. Writes are atomic and durable when they return."""
 
@@ -52,7 +64,8 @@ class Backend(ABC):
         """Create the empty store container (idempotent)."""
 
     @abstractmethod
-    def read(self, name: str) -> bytes: ...
+    def read(self, name: str, limit: int = limits.MAX_INDEX_FILE) -> bytes:
+        """The whole content of `name`, refused (StoreError) when it is over `limit` bytes."""
 
     @abstractmethod
     def read_range(self, name: str, offset: int, length: int) -> bytes: ...
@@ -83,57 +96,191 @@ class Backend(ABC):
     def lock(self, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
         """Exclusive lock for mutating operations; raises LockTimeout naming the holder."""
 
+    @abstractmethod
+    def write_lock(self, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """The database write lock (before_write, restore, recover); raises LockTimeout."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release cached resources."""
 
 
+_KINDS = (
+    (stat.S_ISLNK, "a symlink"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_HELD: dict[tuple[int, int, int], list[int]] = {}
+"""Lock files this process holds: (st_dev, st_ino, thread) -> [fd, depth] (re-entrant per thread)."""
+_HELD_LOCK = threading.Lock()
+
+
 class LocalBackend(Backend):
-    """A store in a local directory: files 0600, folders 0700, every write via temp+fsync+rename."""
+    """A store in a local directory: files 0600, folders 0700, every write via temp+fsync+rename.
+
+    Every name is opened from the store root one folder at a time (openat) with
+    O_NOFOLLOW: a symlink anywhere inside the store is refused, never followed, and only
+    regular files and folders are accepted (a FIFO or a device is refused before it is
+    opened). A store whose root or entries belong to another user is refused unless
+    `allow_foreign_owner` (that user could have crafted it)."""
 
     MAX_FDS = 64
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, allow_foreign_owner: bool | None = None) -> None:
         self.root = root
         self.location = str(root)
-        # Open pack fds, shared by reader threads. An fd that leaves the cache (too many
-        # open, `remove`, `close`) is closed once no pread on it is in flight: closing it
-        # under a reader would fail that read, or let a new open reuse its number.
-        self._fds: dict[str, int] = {}
+        self.allow_foreign_owner = (
+            allow_foreign_owner_default() if allow_foreign_owner is None else allow_foreign_owner
+        )
+        # Open pack fds and sizes, shared by reader threads. An fd that leaves the cache
+        # (too many open, `remove`, `close`) is closed once no pread on it is in flight:
+        # closing it under a reader would fail that read, or let a new open reuse its number.
+        self._fds: dict[str, tuple[int, int]] = {}
         self._fd_lock = threading.Lock()
         self._in_flight: dict[int, int] = {}  # fd -> preads running on it
         self._retired: set[int] = set()  # out of the cache, closed when its last pread ends
 
-    def _path(self, name: str) -> Path:
-        return self.root / check_name(name)
+    # --- opening safely -------------------------------------------------------------
 
-    def exists(self) -> bool:
-        return (self.root / "config.json").is_file()
-
-    def create(self) -> None:
-        fsutil.make_private_dirs(self.root)
-        for sub in ("packs", "index", "snapshots", "tmp"):
-            fsutil.make_private_dirs(self.root / sub)
-
-    def read(self, name: str) -> bytes:
+    def _owner(self, st: os.stat_result, what: str) -> None:
+        """Refuse what another user owns: they could have crafted it."""
+        me = os.geteuid()
+        if self.allow_foreign_owner or st.st_uid == me:
+            return
         try:
-            return self._path(name).read_bytes()
+            import pwd
+
+            who = f"uid {st.st_uid} ({pwd.getpwuid(st.st_uid).pw_name})"
+        except (KeyError, ImportError):
+            who = f"uid {st.st_uid}"
+        raise StoreError(
+            f"{what} is owned by {who}, not by you (uid {me}): whoever can write a store can craft "
+            "it to mislead or harm its reader; use --allow-foreign-owner (or "
+            "CHROMASNAP_ALLOW_FOREIGN_OWNER=1) if you trust that user"
+        )
+
+    def _refuse(self, name: str, what: str) -> StoreError:
+        return StoreError(f"{name} in store {self.location} is {what}; refused")
+
+    @contextlib.contextmanager
+    def _dir(self, parts: Sequence[str], create: bool = False) -> Iterator[int]:
+        """An fd of the store folder `parts` (the root when empty), opened from the root one
+        component at a time without following symlinks; created (0700) if `create`."""
+        if create:
+            fsutil.make_private_dirs(self.root)
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise StoreError(f"the store path {self.location} is not a directory") from None
+        try:
+            self._owner(os.fstat(fd), f"store {self.location}")
+            for i, part in enumerate(parts):
+                where = "/".join(parts[: i + 1])
+                try:
+                    sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, fsutil.DIR_MODE, dir_fd=fd)
+                    os.fsync(fd)
+                    sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        kind = _kind(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+                        raise self._refuse(where, f"{kind}, not a folder") from None
+                    raise
+                os.close(fd)
+                fd = sub
+                self._owner(os.fstat(fd), f"{where} in store {self.location}")
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open(self, name: str) -> tuple[int, int]:
+        """A read-only fd of the regular file `name` and its size."""
+        parts = check_name(name).split("/")
+        try:
+            with self._dir(parts[:-1]) as dfd:
+                st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):  # before opening: a device's open may act
+                    raise self._refuse(name, _kind(st.st_mode))
+                fd = os.open(
+                    parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd
+                )
         except FileNotFoundError:
             raise StoreError(f"store file {name} is missing from {self.location}") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._refuse(name, "a symlink") from None
             raise StoreError(f"cannot read {name} in {self.location}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # replaced between the check and the open
+                raise self._refuse(name, _kind(st.st_mode))
+            self._owner(st, f"{name} in store {self.location}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st.st_size
 
-    def _fd(self, name: str) -> int:
-        """A cached read-only fd for `name`; the caller holds `_fd_lock`."""
-        fd = self._fds.get(name)
-        if fd is None:
+    # --- Backend ------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        try:
+            with self._dir([]) as fd:
+                os.stat("config.json", dir_fd=fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except StoreError as exc:
+            if not self.root.is_dir():
+                return False
+            raise exc from None
+        return True
+
+    def create(self) -> None:
+        for sub in ("packs", "index", "snapshots", "tmp"):
+            with self._dir([sub], create=True):
+                pass
+
+    def read(self, name: str, limit: int = limits.MAX_INDEX_FILE) -> bytes:
+        fd, size = self._open(name)
+        try:
+            if size > limit:
+                raise self._refuse(name, f"{size} bytes, more than the {limit} a valid one can have")
+            chunks: list[bytes] = []
+            got = 0
+            while got <= limit:
+                block = os.read(fd, min(4 << 20, limit + 1 - got))
+                if not block:
+                    break
+                chunks.append(block)
+                got += len(block)
+            if got > limit:
+                raise self._refuse(name, f"more than the {limit} bytes a valid one can have")
+            return b"".join(chunks)
+        except OSError as exc:
+            raise StoreError(f"cannot read {name} in {self.location}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def _fd(self, name: str) -> tuple[int, int]:
+        """A cached read-only fd for `name` and its size; the caller holds `_fd_lock`."""
+        got = self._fds.get(name)
+        if got is None:
             if len(self._fds) >= self.MAX_FDS:
                 self._retire_all()
-            try:
-                fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW)
-            except FileNotFoundError:
-                raise StoreError(f"store file {name} is missing from {self.location}") from None
-            self._fds[name] = fd
-        return fd
+            got = self._fds[name] = self._open(name)
+        return got
 
     def _retire(self, fd: int) -> None:
         """Close `fd`, now or when its last pread ends; the caller holds `_fd_lock`."""
@@ -144,7 +291,12 @@ class LocalBackend(Backend):
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         with self._fd_lock:
-            fd = self._fd(name)
+            fd, size = self._fd(name)
+            if offset < 0 or length < 0 or offset + length > size:
+                raise StoreError(
+                    f"store file {name} has {size} bytes: no {length} bytes at offset {offset} "
+                    "(a damaged or crafted index)"
+                )
             self._in_flight[fd] = self._in_flight.get(fd, 0) + 1
         try:
             data = os.pread(fd, length, offset)
@@ -161,74 +313,180 @@ class LocalBackend(Backend):
         return data
 
     def write(self, name: str, data: bytes) -> None:
-        path = self._path(name)
-        fsutil.make_private_dirs(path.parent)
-        fsutil.atomic_write(path, data)
+        parts = check_name(name).split("/")
+        with self._dir(parts[:-1], create=True) as dfd:
+            tmp = f".{parts[-1]}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd
+            )
+            try:
+                with os.fdopen(fd, "wb", closefd=True) as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.rename(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            os.fsync(dfd)
 
     def put_file(self, name: str, local: Path) -> None:
-        path = self._path(name)
-        fsutil.make_private_dirs(path.parent)
-        fsutil.commit_file(local, path)
+        parts = check_name(name).split("/")
+        with self._dir(parts[:-1], create=True) as dfd:
+            fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(local, parts[-1], dst_dir_fd=dfd)
+            os.fsync(dfd)
 
     def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        if not base.is_dir():
+        parts = check_name(prefix).split("/")
+        try:
+            with self._dir(parts) as dfd:
+                return sorted(self._walk(dfd, prefix, 0))
+        except FileNotFoundError:
             return []
-        out: list[str] = []
-        for dirpath, _dirs, files in os.walk(base):
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            out.extend(f"{rel}/{f}" for f in files if not f.startswith("."))
-        return sorted(out)
+
+    def _walk(self, dfd: int, rel: str, depth: int) -> builtins.list[str]:
+        """Names under an open folder; a symlink or special file is listed (reading it is
+        refused by name), a subfolder is entered without following symlinks."""
+        out: builtins.list[str] = []
+        with os.scandir(dfd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it if not e.name.startswith(".")]
+        for name, is_dir in entries:
+            if not is_dir:
+                out.append(f"{rel}/{name}")
+            elif depth < 4:  # packs/ab/ is as deep as a store goes
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                except OSError:
+                    continue  # gone, or replaced by a symlink meanwhile
+                try:
+                    self._owner(os.fstat(sub), f"{rel}/{name} in store {self.location}")
+                    out.extend(self._walk(sub, f"{rel}/{name}", depth + 1))
+                finally:
+                    os.close(sub)
+        return out
 
     def remove(self, name: str) -> None:
-        path = self._path(name)
+        parts = check_name(name).split("/")
         with self._fd_lock:
-            fd = self._fds.pop(name, None)
-            if fd is not None:
-                self._retire(fd)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            fsutil.fsync_dir(path.parent)
+            got = self._fds.pop(name, None)
+            if got is not None:
+                self._retire(got[0])
+        try:
+            with self._dir(parts[:-1]) as dfd:
+                os.unlink(parts[-1], dir_fd=dfd)
+                os.fsync(dfd)
+        except FileNotFoundError:
+            pass
 
     def size(self, name: str) -> int:
-        return self._path(name).stat().st_size
+        parts = check_name(name).split("/")
+        with self._dir(parts[:-1]) as dfd:
+            st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise self._refuse(name, _kind(st.st_mode))
+        return st.st_size
 
     def scratch_dir(self) -> Path:
-        tmp = self.root / "tmp"
-        fsutil.make_private_dirs(tmp)
-        return tmp
+        with self._dir(["tmp"], create=True):
+            pass
+        return self.root / "tmp"
+
+    # --- locks --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _hold(self, name: str, wait: float, busy: Callable[[], str]) -> Iterator[None]:
+        """flock(2) on the store file `name`, opened without following a symlink and never
+        truncated; re-entrant within a thread. `busy()` words the LockTimeout."""
+        try:
+            with self._dir([], create=True) as dfd:
+                fd = os.open(
+                    name,
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=dfd,
+                )
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._refuse(name, "a symlink") from None
+            raise StoreError(f"cannot lock store {self.location}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._refuse(name, _kind(st.st_mode))
+            self._owner(st, f"{name} in store {self.location}")
+        except BaseException:
+            os.close(fd)
+            raise
+        key = (st.st_dev, st.st_ino, threading.get_ident())
+        with _HELD_LOCK:
+            held = _HELD.get(key)
+            if held is not None:
+                held[1] += 1
+        if held is not None:
+            os.close(fd)
+        else:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        raise LockTimeout(busy()) from None
+                    time.sleep(0.05)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            with _HELD_LOCK:
+                held = _HELD[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            with _HELD_LOCK:
+                held[1] -= 1
+                last = held[1] == 0
+                if last:
+                    del _HELD[key]
+            if last:
+                os.close(held[0])  # closing the only fd releases the flock
 
     @contextlib.contextmanager
     def lock(self, timeout: float | None = None) -> Iterator[None]:
-        from filelock import FileLock, Timeout
-
         wait = lock_timeout() if timeout is None else timeout
-        fsutil.make_private_dirs(self.root)
-        lock = FileLock(str(self.root / "lock"), mode=0o600)
-        owner = self.root / "lock.owner"
-        try:
-            lock.acquire(timeout=wait)
-        except Timeout:
+
+        def busy() -> str:
             holder = "another process"
-            with contextlib.suppress(OSError, ValueError):
-                info = json.loads(owner.read_text())
-                holder = f"pid {info['pid']} ({info['command']}) since {info['since']}"
-            raise LockTimeout(
-                f"store {self.location} is locked by {holder}; gave up after {wait:g}s"
-            ) from None
-        except PermissionError:
-            raise StoreError(f"cannot lock store {self.location}: permission denied") from None
-        try:
+            with contextlib.suppress(ManifestError, StoreError, KeyError, TypeError):
+                info = parse_json(
+                    self.read("lock.owner", limits.MAX_SMALL_DOC), "lock.owner", limits.MAX_SMALL_DOC
+                )
+                holder = (
+                    f"pid {int(info['pid'])} ({str(info['command'])[:300]}) since {str(info['since'])[:40]}"
+                )
+            return f"store {self.location} is locked by {holder}; gave up after {wait:g}s"
+
+        with self._hold("lock", wait, busy):
             info = {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            fsutil.atomic_write(owner, json.dumps(info).encode())
+            self.write("lock.owner", json.dumps(info).encode())
             yield
-        finally:
-            lock.release()
+
+    @contextlib.contextmanager
+    def write_lock(self, timeout: float | None = None) -> Iterator[None]:
+        wait = lock_timeout() if timeout is None else timeout
+        with self._hold("write.lock", wait, lambda: f"gave up after {wait:g}s"):
+            yield
 
     def close(self) -> None:
         """Close the cached fds (those in use by a read, when it ends): also how a reader lets
@@ -237,6 +495,6 @@ class LocalBackend(Backend):
             self._retire_all()
 
     def _retire_all(self) -> None:
-        for fd in self._fds.values():
+        for fd, _size in self._fds.values():
             self._retire(fd)
         self._fds.clear()

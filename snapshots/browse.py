@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -24,7 +25,7 @@ from pydantic import BaseModel, Field
 from chromasnap.manifest import Snapshot
 
 from . import records as rx
-from .errors import ChromasnapError, UsageError
+from .errors import ChromasnapError, StoreError, UsageError
 
 if TYPE_CHECKING:
     from .manager import SnapshotManager
@@ -93,6 +94,9 @@ class FindResult(BaseModel):
     collection: str | None
     snapshots: int
     entries: list[FindEntry]
+    problems: list[str] = Field(
+        default_factory=list, description="snapshots whose record index could not be read, and why"
+    )
     duration_s: float = 0.0
 
 
@@ -142,6 +146,27 @@ def _side(mgr: SnapshotManager, ref: str, source: rx.RecordSource, work: Path) -
         return _live(mgr, source, work)
     snap = mgr.get(ref)
     return rx.snapshot_side(mgr.repo, snap, source, work), snap
+
+
+CHILD_TIMEOUT = 3600.0
+"""Default seconds before a chromadb child of export or restore --collection is killed."""
+
+
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """SQLite errors of a private copy as one line naming it (a view that never ends is
+    interrupted by the deadline of `sqlite_copy.open_private`)."""
+    from .sqlite_copy import deadline_seconds
+
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if "interrupted" in str(exc):
+            raise StoreError(
+                f"{what}: reading its chroma.sqlite3 took more than {deadline_seconds():g} s "
+                "(CHROMASNAP_SQLITE_TIMEOUT); a view or query that does not end?"
+            ) from None
+        raise StoreError(f"{what}: its chroma.sqlite3 cannot be read ({exc})") from None
 
 
 def _live(mgr: SnapshotManager, source: rx.RecordSource, work: Path) -> tuple[rx.Side, dict[str, Any]]:
@@ -309,11 +334,14 @@ def diff(mgr: SnapshotManager, a: str, b: str | None, want_ids: bool = False, li
     source = rx.RecordSource(mgr.repo)
     work = rx.private_dir(mgr.repo, "diff")
     try:
-        sa, fa = _side(mgr, a, source, work)
-        sb, fb = _side(mgr, b or LIVE, source, work)
+        with _reading(f"snapshot {a}"):
+            sa, fa = _side(mgr, a, source, work)
+        with _reading(f"snapshot {b}" if b else "the live database"):
+            sb, fb = _side(mgr, b or LIVE, source, work)
         files = _file_diff(mgr, fa, fb)
         names = sorted(sa.views.keys() | sb.views.keys())
-        colls = [_collection_diff(n, sa, sb, want_ids, limit) for n in names]
+        with _reading(f"snapshots {a} and {b or LIVE}"):
+            colls = [_collection_diff(n, sa, sb, want_ids, limit) for n in names]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return DiffResult(
@@ -342,10 +370,20 @@ def find(mgr: SnapshotManager, record_id: str, collection: str | None = None) ->
     source = rx.RecordSource(mgr.repo)
     last: dict[tuple[str, str], tuple[int, rx.Side, rx.CollectionView] | None] = {}
     entries: list[FindEntry] = []
+    problems: list[str] = []
     work = rx.private_dir(mgr.repo, "find")
     try:
         for snap in snaps:
-            side = rx.snapshot_side(mgr.repo, snap, source, work)
+            try:  # a damaged record index costs only its own snapshot
+                with _reading(f"snapshot {snap.short_id}"):
+                    side = rx.snapshot_side(mgr.repo, snap, source, work)
+                    for name in [collection] if collection else list(side.views):
+                        view = side.views.get(name)
+                        if view is not None:
+                            view.lookup(record_id)
+            except StoreError as exc:
+                problems.append(f"snapshot {snap.short_id} skipped: {exc}")
+                continue
             held = {n for (src, n), v in last.items() if src == snap.source and v is not None}
             for name in [collection] if collection else sorted(set(side.views) | held):
                 view = side.views.get(name)
@@ -366,8 +404,13 @@ def find(mgr: SnapshotManager, record_id: str, collection: str | None = None) ->
                     continue
                 fields: list[str] = []
                 if prev is not None and (prev[0] != rec[1] or prev[2].id != view.id):
-                    x = prev[1].hashes(prev[2], [(record_id, prev[0])]).get(record_id)
-                    y = side.hashes(view, [rec]).get(record_id)
+                    try:
+                        with _reading(f"snapshot {snap.short_id}"):
+                            x = prev[1].hashes(prev[2], [(record_id, prev[0])]).get(record_id)
+                            y = side.hashes(view, [rec]).get(record_id)
+                    except StoreError as exc:
+                        problems.append(f"what changed in snapshot {snap.short_id} is unknown: {exc}")
+                        x = y = None
                     fields = _fields(x, y, prev[2].id == view.id)
                     if prev[2].id != view.id:
                         fields.append("collection recreated")
@@ -381,6 +424,7 @@ def find(mgr: SnapshotManager, record_id: str, collection: str | None = None) ->
         collection=collection,
         snapshots=len(snaps),
         entries=entries,
+        problems=problems,
         duration_s=time.monotonic() - t0,
     )
 
@@ -427,15 +471,19 @@ def peek(
     from a private copy of its chroma.sqlite3 (no chromadb)."""
     if limit < 0:
         raise UsageError("--limit must be 0 or more")
+    from .sqlite_copy import check_tables, open_private
+
     snap = mgr.get(ref)
     work = rx.private_dir(mgr.repo, "peek")
     try:
         path = rx.materialize_sqlite(mgr.repo, snap, work)
-        con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-        try:
-            return _peek(con, snap, collection, limit, ids)
-        finally:
-            con.close()
+        with _reading(f"snapshot {snap.short_id}"):
+            con = open_private(path)
+            try:
+                check_tables(con)
+                return _peek(con, snap, collection, limit, ids)
+            finally:
+                con.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -575,7 +623,10 @@ def export(
     tmp = temp_name(dest)
     try:
         db = extract(mgr.repo, snap, work / "db", durable=False)
-        report = _run_child(python, ["export", str(db), collection, str(tmp)], timeout)
+        # made here 0600 (the child only truncates and writes it): a store's records are private
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        report = _run_child(python, ["export", str(db), collection, str(tmp)], timeout or CHILD_TIMEOUT)
+        os.chmod(tmp, 0o600)
         commit_file(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -638,7 +689,9 @@ def restore_collection(
             refuse_if_held()  # again: a process may have opened it since
             args = ["restore", str(src), str(db), collection, "--as", target, "--temp", temp]
             try:
-                report = _run_child(python, [*args, "--replace"] if replace else args, timeout)
+                report = _run_child(
+                    python, [*args, "--replace"] if replace else args, timeout or CHILD_TIMEOUT
+                )
             except ChildFailed as exc:
                 if exc.checked is None:  # it died before the new collection was complete
                     raise ChromasnapError(f"{exc}; {_drop_temp(python, db, temp)}") from None
@@ -675,11 +728,12 @@ def _live_collections(db: Path, work: Path) -> set[str]:
     """Collection names of the live database, read from a private copy of chroma.sqlite3
     (made by a child under SQLite's read lock; the live file is never opened here)."""
     from .capture import copy_sqlite
+    from .sqlite_copy import open_private
 
     copy = work / "names.sqlite3"
     copy_sqlite(db / "chroma.sqlite3", copy)
     try:
-        con = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True)
+        con = open_private(copy)
         try:
             return {str(r[0]) for r in con.execute("SELECT name FROM collections")}
         finally:

@@ -82,8 +82,12 @@ def scan(root: Path) -> Scan:
             return  # a folder removed since its parent was listed
         for e in entries:
             path = f"{rel}/{e.name}" if rel else e.name
-            if not rel and e.name.startswith(OWN_PREFIX):
-                continue  # chromasnap's own (a restore staged inside a mount point)
+            if e.name.startswith(OWN_PREFIX):  # chromasnap's own (a restore staged in a mount point)
+                if rel:  # never ours below the top: say so (a snapshot may not hold such names)
+                    out.skipped.append(
+                        SkippedEntry(path=path, kind="reserved", reason="name reserved for chromasnap")
+                    )
+                continue
             try:
                 st = e.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -378,12 +382,15 @@ class SqliteCopy:
         self,
         live: Path,
         dest: Path,
-        timeout: float = 300,
+        timeout: float = 3600,
         records: bool = False,
         since: int | None = None,
         hold: bool = False,
     ) -> None:
+        import threading
+
         from . import sqlite_copy
+        from .checker import kill_group, spawn_child
 
         self.live, self.dest, self.timeout = live, dest, timeout
         self.records = dest.with_name(dest.name + ".records") if records else None
@@ -391,7 +398,7 @@ class SqliteCopy:
         if self.records and since is not None:
             extra += ["--since", str(since)]
         self.hold = hold
-        self.proc = subprocess.Popen(
+        self.proc = spawn_child(
             [
                 sys.executable,
                 sqlite_copy.__file__,
@@ -401,12 +408,18 @@ class SqliteCopy:
                 *extra,
             ],
             stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
         )
         self.locked_at: float | None = None
         self.held_s = 0.0
+        self.timed_out = False
+
+        def expire() -> None:  # the pipes are read without a timeout: end the child instead
+            self.timed_out = True
+            kill_group(self.proc)
+
+        self._timer = threading.Timer(timeout, expire)
+        self._timer.daemon = True
+        self._timer.start()
 
     def release(self) -> None:
         """End the read lock kept by `hold` (the child ends it by itself after HOLD_MAX s)."""
@@ -434,11 +447,11 @@ class SqliteCopy:
         self.release()
         out = self.proc.stdout.read()
         err = self.proc.stderr.read()
-        try:
-            self.proc.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
+        self.proc.wait()
+        self._timer.cancel()
+        if self.timed_out:
             self.kill()
-            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s") from None
+            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s")
         lines = out.strip().splitlines()
         if self.proc.returncode != 0 or not lines:
             self._fail(lines[-1] if lines else "", err)
@@ -455,6 +468,8 @@ class SqliteCopy:
             if not line.strip() and rest.strip():
                 line = rest.strip().splitlines()[-1]
         self.kill()
+        if self.timed_out:
+            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s")
         try:
             msg = json.loads(line)["error"]
         except (ValueError, KeyError, TypeError, IndexError):
@@ -463,8 +478,11 @@ class SqliteCopy:
         raise CaptureError(f"cannot read {self.live} with SQLite: {msg}")
 
     def kill(self) -> None:
+        from .checker import kill_group
+
+        self._timer.cancel()
         if self.proc.poll() is None:
-            self.proc.kill()
+            kill_group(self.proc)
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
@@ -474,7 +492,7 @@ class SqliteCopy:
             self.records.unlink(missing_ok=True)
 
 
-def copy_sqlite(live: Path, dest: Path, timeout: float = 300) -> dict[str, Any]:
+def copy_sqlite(live: Path, dest: Path, timeout: float = 3600) -> dict[str, Any]:
     """Copy a live chroma.sqlite3 to `dest` from a child process; returns its report."""
     return SqliteCopy(live, dest, timeout).start().finish()
 

@@ -382,19 +382,45 @@ def compare(report: ProbeReport, expected: WalState | None) -> list[str]:
     return problems
 
 
-def spawn_child(cmd: list[str]) -> subprocess.Popen[str]:
-    """Start a chromadb child (probe, collection export or restore) in a session of its own,
-    so that it and anything it starts can be killed as a group; no telemetry, no .pyc. Its
-    output is decoded leniently: a crash may print bytes of the damaged files."""
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when chromasnap dies (Linux PR_SET_PDEATHSIG),
+    killed or crashed, so no child outlives it; it exits at once if that already happened.
+    prctl is resolved here, before the fork: the child only calls into libc."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the timeout and group kill remain
+        return lambda: None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def spawn_child(cmd: list[str], stdin: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    """Start a child (probe, collection export or restore, SQLite copy) in a session of its
+    own, so that it and anything it starts can be killed as a group, and killed with
+    chromasnap should chromasnap die first; no telemetry, no .pyc. Its output is decoded
+    leniently: a crash may print bytes of the damaged files. `stdin` is /dev/null unless a
+    child is driven through it (the SQLite copy holding its read lock)."""
     env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.Popen(
         cmd,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         errors="replace",
         env=env,
         start_new_session=True,
+        preexec_fn=_die_with_parent(os.getpid()),
     )
 
 

@@ -8,6 +8,7 @@ the user asked for one. Paths from the manifest are checked again here: never tr
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections import deque
@@ -18,6 +19,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from chromasnap.manifest import ChunkRef, FileEntry, HnswSplitList, PlainList, Snapshot
+from chromasnap.manifest.models import RESERVED_PREFIX, applied_mode
 
 from . import fsutil, hnsw
 from .errors import StoreError, UsageError
@@ -101,6 +103,8 @@ def safe_target(root: Path, rel: str) -> Path:
     parts = rel.split("/")
     if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in rel:
         raise StoreError(f"refusing unsafe path {rel!r} from the manifest")
+    if any(p.startswith(RESERVED_PREFIX) for p in parts):
+        raise StoreError(f"refusing {rel!r} from the manifest: {RESERVED_PREFIX}* names are chromasnap's own")
     cur = root
     for p in parts[:-1]:
         cur = cur / p
@@ -134,16 +138,27 @@ class Extractor:
         doc = self.repo.read_chunk_list(entry.chunk_list).list
         if doc.size != entry.size or doc.layout != entry.layout:
             raise StoreError(f"{entry.path}: chunk list does not match the manifest")
+        if data_of(doc) > entry.data_bytes:  # so the free-space check before holds
+            raise StoreError(
+                f"{entry.path}: chunk list holds more data than the manifest's {entry.data_bytes} bytes"
+            )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            if isinstance(doc, PlainList):
-                digest = self._plain(fd, doc, entry.hash_kind == "extents")
-            else:
-                digest = self._split(fd, doc)
-            os.ftruncate(fd, entry.size)
+            try:
+                if isinstance(doc, PlainList):
+                    digest = self._plain(fd, doc, entry.hash_kind == "extents")
+                else:
+                    digest = self._split(fd, doc)
+                os.ftruncate(fd, entry.size)
+            except OSError as exc:
+                if exc.errno not in (errno.EFBIG, errno.EINVAL, errno.EOVERFLOW):
+                    raise
+                raise StoreError(
+                    f"{entry.path}: cannot be written as {entry.size} bytes here ({exc.strerror})"
+                ) from None
             if digest != entry.hash:
                 raise StoreError(f"{entry.path}: reassembled content does not match its hash")
-            os.fchmod(fd, entry.mode)
+            os.fchmod(fd, applied_mode(entry.mode))  # never setuid, setgid or sticky
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             if self.durable:
                 fsutil.start_writeback(fd)  # the kernel writes while we extract the rest
@@ -176,6 +191,27 @@ class Extractor:
         for block in join_streams(lambda refs: read_blobs(self.repo, self.pool, refs), doc):
             sink.add(block)
         return sink.hexdigest()
+
+
+def data_of(doc: PlainList | HnswSplitList) -> int:
+    """Bytes a chunk list writes (its holes excluded)."""
+    if isinstance(doc, PlainList):
+        return sum(n for e in doc.extents for _, n in e.chunks)
+    return doc.size
+
+
+def check_free_space(need: int, where: Path, what: str) -> None:
+    """Refuse to start writing `need` bytes of `what` into the file system of `where`
+    without room for them (one clear line rather than a full disk half-way)."""
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise StoreError(
+            f"not enough free space in {where} for {what}: it needs {need} bytes, {free} are free"
+        )
 
 
 def join_streams(blobs: Callable[[list[ChunkRef]], Iterator[bytes]], doc: HnswSplitList) -> Iterator[bytes]:
@@ -224,6 +260,7 @@ def extract(
             raise UsageError(f"{target} is not empty; extract needs a new or empty directory")
     if not target.parent.is_dir():
         raise UsageError(f"{target.parent} does not exist")
+    check_free_space(sum(f.data_bytes for f in snap.files), target.parent, f"snapshot {snap.short_id}")
     stage = target.with_name(f".{target.name}.extract-{os.getpid()}-{os.urandom(4).hex()}")
     os.mkdir(stage, 0o700)
     ex = Extractor(repo, progress, durable=durable)
@@ -238,10 +275,10 @@ def extract(
         for d in sorted(snap.dirs, key=lambda d: d.path.count("/"), reverse=True):
             path = stage / d.path
             sync(path)
-            os.chmod(path, d.mode)
+            os.chmod(path, applied_mode(d.mode))
             os.utime(path, ns=(d.mtime_ns, d.mtime_ns))
         sync(stage)
-        os.chmod(stage, snap.root_mode)
+        os.chmod(stage, applied_mode(snap.root_mode))
         os.rename(stage, target)  # replaces an empty directory atomically
         sync(target.parent)
     except BaseException:

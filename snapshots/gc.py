@@ -10,6 +10,8 @@ at worst some garbage that the next gc reclaims.
 from __future__ import annotations
 
 import json
+import re
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -161,19 +163,37 @@ def gc(repo: Repository, live_snaps: list[Snapshot]) -> tuple[int, int, int]:
     return size_before - size_after, len(rewrite), deleted
 
 
+SCRATCH = re.compile(
+    r"(?P<kind>pack|sqlite|hot|verify-[0-9a-f]{12}|diff|find|peek|export|restore-collection)-(?P<pid>[0-9]+)-.*"
+)
+"""tmp/ entries chromasnap makes: packs being written and SQLite copies (by writers, under
+the store lock), and the private folders of verify, diff, find, peek, export and
+restore --collection (by readers, without it), each named `<kind>-<pid>-<random>`."""
+STALE_S = 24 * 3600
+
+
 def _clean_scratch(repo: Repository) -> None:
-    """Remove scratch files of crashed runs (gc holds the lock: no writer is active)."""
+    """Remove the scratch crashed runs left in tmp/ (gc holds the lock: no writer is active).
+    A reader's private folder goes once its process is gone (or after a day, should the
+    pid have been reused); anything else there is left alone."""
     import shutil
 
+    from .guard import alive
+
     scratch = repo.backend.scratch_dir()
-    horizon = time.time() - 3600
+    horizon = time.time() - STALE_S
     for p in scratch.iterdir():
+        m = SCRATCH.fullmatch(p.name)
+        if m is None:
+            continue
         try:
-            old = p.stat().st_mtime < horizon
+            st = p.lstat()
         except FileNotFoundError:
             continue
-        if p.name.startswith(("pack-", "sqlite-", "hot-")) or (old and p.name.startswith("verify-")):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+        writer = m["kind"] in ("pack", "sqlite", "hot")
+        if not (writer or not alive(int(m["pid"]), None) or st.st_mtime < horizon):
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

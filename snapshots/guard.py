@@ -9,15 +9,21 @@ and `recover` finds it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from chromasnap.manifest import ManifestError, limits
+from chromasnap.manifest.io import parse_json
+
 from .backend import Backend
+from .errors import StoreError
 
 
 def process_start(pid: int) -> int | None:
@@ -89,32 +95,116 @@ def write_intent(backend: Backend, snapshot_id: str | None, reason: str, db: Pat
     return name
 
 
-def _opt_int(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[call-overload]
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
-def read_intents(backend: Backend) -> list[Intent]:
+def _int(value: object, optional: bool = False) -> bool:
+    return (optional and value is None) or (type(value) is int and 0 <= value < 1 << 64)
+
+
+def parse_intent(name: str, raw: bytes) -> Intent:
+    """A write intent document, small and well-typed, or ValueError saying what is wrong."""
+    try:
+        d = parse_json(raw, name, limits.MAX_SMALL_DOC)
+    except ManifestError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    version = d.get("version", 1)
+    snapshot = d.get("snapshot")
+    ok = (
+        type(version) is int
+        and version in (1, 2)
+        and _int(d.get("pid"))
+        and 0 < d["pid"] < 1 << 31
+        and isinstance(d.get("host"), str)
+        and _int(d.get("start"), optional=True)
+        and isinstance(d.get("started_at"), str)
+        and _STAMP.fullmatch(d["started_at"]) is not None
+        and isinstance(d.get("reason", ""), str)
+        and (snapshot is None or (isinstance(snapshot, str) and _HEX64.fullmatch(snapshot) is not None))
+        and ((version == 1 and snapshot is not None) or version == 2)
+    )
+    if ok and version == 2:
+        ok = isinstance(d.get("db"), str) and _int(d.get("db_dev")) and _int(d.get("db_ino"))
+    if not ok:
+        raise ValueError("not a well-formed write intent")
+    return Intent(
+        name,
+        d["pid"],
+        d["host"][:255],
+        d.get("start"),
+        d["started_at"],
+        snapshot,
+        d.get("reason", "")[:1000],
+        version,
+        d.get("db"),
+        d.get("db_dev"),
+        d.get("db_ino"),
+    )
+
+
+def read_intents(backend: Backend, problems: list[str] | None = None) -> list[Intent]:
+    """Every well-formed write intent in the store (whatever it names); what is wrong with
+    the others goes to `problems`."""
     out = []
-    for name in backend.list("intents"):
-        with contextlib.suppress(ValueError, KeyError, TypeError, OSError, Exception):
-            d = json.loads(backend.read(name))
-            snap = d["snapshot"]
-            out.append(
-                Intent(
-                    name,
-                    int(d["pid"]),
-                    str(d["host"]),
-                    d.get("start"),
-                    str(d["started_at"]),
-                    None if snap is None else str(snap),
-                    str(d.get("reason", "")),
-                    version=int(d.get("version", 1)),
-                    db=None if d.get("db") is None else str(d["db"]),
-                    db_dev=_opt_int(d.get("db_dev")),
-                    db_ino=_opt_int(d.get("db_ino")),
-                )
-            )
+    try:
+        names = backend.list("intents")
+    except StoreError as exc:  # prune (no `problems`) must stop: it would not know what to protect
+        if problems is None:
+            raise
+        problems.append(f"write intents unreadable ({exc}); ignored")
+        return []
+    for name in names:
+        try:
+            out.append(parse_intent(name, backend.read(name, limits.MAX_SMALL_DOC)))
+        except (ValueError, StoreError) as exc:
+            if problems is not None:
+                problems.append(f"write intent {name} is unreadable ({exc}); ignored")
     return out
+
+
+def trusted_intents(
+    backend: Backend, db: Path, snapshot_created: Callable[[str], datetime | None]
+) -> tuple[list[Intent], list[str]]:
+    """The write intents `recover` may act on for `db`, and why each other one found is not.
+
+    Acted on only: a well-formed version-2 intent naming this database (`db` as given,
+    and its current (dev, ino) when it exists), written on this host by a process now
+    dead (start time checked against pid reuse), after a snapshot that is in the store
+    and was taken no later than the intent. Intents of other databases, of other hosts
+    or of a write still running are not ours to judge and are left out silently."""
+    problems: list[str] = []
+    trusted: list[Intent] = []
+    try:
+        st: os.stat_result | None = os.stat(db)
+    except OSError:
+        st = None
+    for i in read_intents(backend, problems):
+        if i.version == 1:
+            problems.append(
+                f"write intent {i.name} is from an older chromasnap (no database recorded); "
+                "not acted upon: remove it once you know its write is over"
+            )
+            continue
+        if i.db != str(db) or i.host != socket.gethostname() or not i.dead:
+            continue
+        why = None
+        if st is not None and (st.st_dev, st.st_ino) != (i.db_dev, i.db_ino):
+            why = "the database folder is not the one it was written for"
+        elif i.snapshot is not None:
+            created = snapshot_created(i.snapshot)
+            started = datetime.strptime(i.started_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            if created is None:
+                why = f"its snapshot {i.snapshot[:12]} is not in the store"
+            elif created > started + timedelta(seconds=1):  # started_at is to the second
+                why = f"its snapshot {i.snapshot[:12]} was taken after the intent"
+        if why:
+            problems.append(f"write intent {i.name} not acted upon: {why}")
+        else:
+            trusted.append(i)
+    return trusted, problems
 
 
 MAX_DB_ENTRIES = 100_000

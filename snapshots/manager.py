@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from chromasnap.manifest import RetentionPolicy, Snapshot, Totals, WalState, snapshot_id
 
 from .backend import Backend, LocalBackend
-from .errors import ChromasnapError, LockTimeout, StoreError, UsageError, WriterBusy
+from .errors import ChromasnapError, LockTimeout, SnapshotNotFound, StoreError, UsageError, WriterBusy
 from .repository import Repository
 
 if TYPE_CHECKING:
@@ -103,7 +103,10 @@ class SnapshotManager:
         store_path: str | os.PathLike[str] | None = None,
         *,
         backend: Backend | None = None,
+        allow_foreign_owner: bool | None = None,
     ) -> None:
+        """`allow_foreign_owner` reads a store another user owns (refused by default: they
+        could have crafted it); None takes CHROMASNAP_ALLOW_FOREIGN_OWNER."""
         if db_path is None and store_path is None:
             raise UsageError("no database given: use --db PATH or set CHROMASNAP_DB")
         self.db_path = Path(os.path.abspath(db_path)) if db_path is not None else None
@@ -114,17 +117,24 @@ class SnapshotManager:
             self.store_path = default_store(self.db_path)
         self.finished_swap: str | None = None
         """What was done to a restore a crash had interrupted (done before anything else)."""
+        self.warnings: list[str] = []
+        """Things found and deliberately not acted upon (a swap journal that is not this
+        database's own); the CLI prints them."""
         if self.db_path is not None:
             check_layout(self.db_path, self.store_path)
-            from .swap import finish_interrupted
+            from .swap import IGNORED, finish_interrupted
 
             self.finished_swap = finish_interrupted(self.db_path)
+            if self.finished_swap and self.finished_swap.startswith(IGNORED):
+                self.warnings.append(self.finished_swap)
+                self.finished_swap = None
         elif self.store_path.exists() and not self.store_path.is_dir():
             raise UsageError(f"the store path {self.store_path} exists and is not a directory")
-        self.backend = backend or LocalBackend(self.store_path)
+        self.backend = backend or LocalBackend(self.store_path, allow_foreign_owner)
         self._repo: Repository | None = None
         self.problems: list[str] = []
-        """Messages about unreadable snapshots found by the last `list()`."""
+        """Messages about unreadable snapshots found by the last `list()`, then what it
+        ignored without harm (stray names, invalid catalog entries, damaged index files)."""
         self.last_duration_s = 0.0
         self.last_capture: CaptureStats | None = None
         """How the last `snapshot()` read the database (folders re-read, and why)."""
@@ -142,7 +152,8 @@ class SnapshotManager:
         """Every readable snapshot, oldest first (see `problems` for unreadable ones)."""
         if not self.backend.exists():
             return []
-        snaps, self.problems = self.repo.snapshots()
+        snaps, problems = self.repo.snapshots()
+        self.problems = problems + self.repo.notes + sorted(self.repo.index_problems.values())
         return snaps
 
     def get(self, ref: str) -> Snapshot:
@@ -285,7 +296,6 @@ class SnapshotManager:
         progress: Progress | None = None,
     ) -> builtins.list[VerifyReport]:
         """`verify` for several snapshots (all when `refs` is None), reading shared files once."""
-        from . import checker
 
         repo = self.repo
         repo.refresh_index()  # another process may have pruned since this manager looked
@@ -294,50 +304,107 @@ class SnapshotManager:
         reports = []
         for snap in snaps:
             t0 = time.monotonic()
-            probe = None
-            if quick:
-                problems, checked = checker.check_objects(repo, snap, verified, progress)
-            else:  # extracting checks every blob and every whole-file hash on the way
-                probe, problems = self._probe_snapshot(snap, python, timeout, verified)
-                checked = snap.totals.data_bytes if probe is not None else 0
-            if problems:
-                detail = self._damage_detail(problems)
-                if probe is not None:  # only pack hashes failed: the content was probed
-                    detail += f"; probe {probe.verdict}: {probe.detail}"
-                report = checker.VerifyReport(
-                    id=snap.id,
-                    ok=False,
-                    verdict="damaged",
-                    mode="quick" if quick else "full",
-                    detail=detail,
-                    checked_bytes=checked,
-                    probe=probe,
-                    restorable=probe is not None and probe.ok,
-                )
-            elif quick:
-                report = checker.VerifyReport(
-                    id=snap.id,
-                    ok=True,
-                    verdict="ok",
-                    mode="quick",
-                    checked_bytes=checked,
-                    detail=f"{snap.totals.files} files, {checked} bytes: every hash matches",
-                )
-            else:
-                assert probe is not None
-                report = checker.VerifyReport(
-                    id=snap.id,
-                    ok=probe.ok,
-                    verdict=probe.verdict,
-                    mode="full",
-                    detail=probe.detail,
-                    checked_bytes=checked,
-                    probe=probe,
-                )
+            report = self._check(snap, quick, python, timeout, verified, progress)
+            if not report.ok and report.verdict == "damaged":
+                confirmed = self._confirm_damage(snap, report, quick, python, timeout, progress)
+                if confirmed is None:  # prune removed it while this run read it
+                    if refs is not None:
+                        raise SnapshotNotFound(f"snapshot {snap.short_id} was removed while being verified")
+                    continue
+                report = confirmed
             report.duration_s = time.monotonic() - t0
             self._record(report, python)
             reports.append(report)
         return reports
+
+    def _check(
+        self,
+        snap: Snapshot,
+        quick: bool,
+        python: str | None,
+        timeout: float | None,
+        verified: dict[str, str | None],
+        progress: Progress | None,
+    ) -> VerifyReport:
+        """One snapshot's verdict: its stored bytes, and (unless `quick`) the probe."""
+        from . import checker
+
+        repo = self.repo
+        probe = None
+        if quick:
+            problems, checked = checker.check_objects(repo, snap, verified, progress)
+        else:  # extracting checks every blob and every whole-file hash on the way
+            probe, problems = self._probe_snapshot(snap, python, timeout, verified)
+            checked = snap.totals.data_bytes if probe is not None else 0
+        if problems:
+            detail = self._damage_detail(problems)
+            if probe is not None:  # only pack hashes failed: the content was probed
+                detail += f"; probe {probe.verdict}: {probe.detail}"
+            return checker.VerifyReport(
+                id=snap.id,
+                ok=False,
+                verdict="damaged",
+                mode="quick" if quick else "full",
+                detail=detail,
+                checked_bytes=checked,
+                probe=probe,
+                restorable=probe is not None and probe.ok,
+            )
+        if quick:
+            return checker.VerifyReport(
+                id=snap.id,
+                ok=True,
+                verdict="ok",
+                mode="quick",
+                checked_bytes=checked,
+                detail=f"{snap.totals.files} files, {checked} bytes: every hash matches",
+            )
+        assert probe is not None
+        return checker.VerifyReport(
+            id=snap.id,
+            ok=probe.ok,
+            verdict=probe.verdict,
+            mode="full",
+            detail=probe.detail,
+            checked_bytes=checked,
+            probe=probe,
+        )
+
+    def _confirm_damage(
+        self,
+        snap: Snapshot,
+        report: VerifyReport,
+        quick: bool,
+        python: str | None,
+        timeout: float | None,
+        progress: Progress | None,
+    ) -> VerifyReport | None:
+        """Verify reads without a lock, so a prune running meanwhile may have moved a blob or
+        removed the snapshot under it. Damage is reported only once it is seen again under
+        the store lock (no prune then runs), with the index read afresh; None when the
+        snapshot is gone."""
+        from . import checker
+
+        def again() -> VerifyReport | None:
+            repo = self.repo
+            if snap.id not in repo.snapshot_ids():
+                return None
+            repo.reset_index()  # read every index file afresh
+            repo.backend.close()
+            if quick:
+                return self._check(snap, True, python, timeout, {}, progress)
+            problems, _ = checker.check_objects(repo, snap, {})
+            whole = checker.VerifyReport(id=snap.id, ok=True, verdict="ok", mode="quick")
+            return report if problems else whole
+
+        try:
+            with self.backend.lock():
+                seen = again()
+        except (LockTimeout, StoreError, OSError):  # a read-only store, a long writer: look anyway
+            seen = again()
+        if seen is None or quick or not seen.ok:
+            return seen
+        return self._check(snap, quick, python, timeout, {}, progress)  # whole: probe it again
 
     def _damage_detail(self, problems: builtins.list[str]) -> str:
         """The problems, and for each damaged blob every snapshot that references it."""
@@ -660,33 +727,30 @@ class SnapshotManager:
         return restore_collection(self, ref, collection, as_name, replace, force, python, timeout)
 
     def _write_lock(self, wait: bool = True) -> contextlib.AbstractContextManager[object]:
-        from filelock import FileLock, Timeout
-
         from .backend import lock_timeout
 
         self.backend.create()
-        lock = FileLock(str(self.store_path / "write.lock"), mode=0o600)
 
         @contextlib.contextmanager
         def held() -> Iterator[object]:
-            try:
-                lock.acquire(timeout=lock_timeout() if wait else 0)
-            except Timeout:
-                if not wait:
-                    raise WriterBusy(
-                        f"skipped: {self._write_lock_holder()} holds the write lock of "
-                        f"{self.db_path}; no snapshot taken (--no-wait)"
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(self.backend.write_lock(None if wait else 0))
+                except LockTimeout:
+                    if not wait:
+                        raise WriterBusy(
+                            f"skipped: {self._write_lock_holder()} holds the write lock of "
+                            f"{self.db_path}; no snapshot taken (--no-wait)"
+                        ) from None
+                    raise LockTimeout(
+                        f"another process holds the write lock of {self.db_path} "
+                        f"(a guarded write or a restore); gave up after {lock_timeout():g}s"
                     ) from None
-                raise LockTimeout(
-                    f"another process holds the write lock of {self.db_path} "
-                    f"(a guarded write or a restore); gave up after {lock_timeout():g}s"
-                ) from None
-            self._holding_write_lock += 1
-            try:
-                yield lock
-            finally:
-                self._holding_write_lock -= 1
-                lock.release()
+                self._holding_write_lock += 1
+                try:
+                    yield self
+                finally:
+                    self._holding_write_lock -= 1
 
         return held()
 
@@ -748,6 +812,7 @@ class SnapshotManager:
             snaps, problems = repo.snapshots()
             if problems:
                 raise StoreError(f"{problems[0]}; prune stopped before deleting anything")
+            self.backend.list("packs")  # a store folder that is a symlink stops it here, too
             protected = {
                 i.snapshot: "write intent (safety)" for i in read_intents(self.backend) if i.snapshot
             }

@@ -18,10 +18,14 @@ from pathlib import Path
 import zstandard
 from blake3 import blake3
 
+from chromasnap.manifest import ManifestError, limits
+from chromasnap.manifest.io import parse_json
+
 from .errors import StoreError
 
 MAGIC = b"CSNPACK1"
 BLOB_TYPES = ("data", "list", "records")
+_HEX64 = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,66 @@ class BlobLocation:
 
 def pack_name(pack_id: str) -> str:
     return f"packs/{pack_id[:2]}/{pack_id}"
+
+
+def _is_key(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def location(pack: str, row: object) -> tuple[str, BlobLocation]:
+    """(key, location) of one `[key, type, offset, length, raw_length]` row of an index
+    file or a pack trailer; ValueError saying what is wrong (sizes in sane limits, the
+    compressed length possible for the raw length)."""
+    if not isinstance(row, list) or len(row) != 5:
+        raise ValueError("a row is not [key, type, offset, length, raw_length]")
+    key, btype, off, length, raw = row
+    if not _is_key(key):
+        raise ValueError(f"{str(key)[:70]!r} is not a blob key")
+    if btype not in BLOB_TYPES:
+        raise ValueError(f"blob {key[:16]} has an unknown type {str(btype)[:20]!r}")
+    if not (_is_int(off) and _is_int(length) and _is_int(raw)):
+        raise ValueError(f"blob {key[:16]} has a non-integer offset or length")
+    if not 0 <= raw <= limits.MAX_BLOB[btype]:
+        raise ValueError(f"blob {key[:16]} claims {raw} bytes, more than a {btype} blob may have")
+    if not 0 <= off <= limits.MAX_PACK or not 0 < length <= limits.zstd_bound(raw):
+        raise ValueError(f"blob {key[:16]} has an impossible offset {off} or length {length}")
+    return key, BlobLocation(pack, btype, off, length, raw)
+
+
+def decompress(
+    dctx: zstandard.ZstdDecompressor, body: bytes, raw_length: int, what: str, exact: bool = True
+) -> bytes:
+    """A blob body's content, never more than `raw_length` + 1 bytes of output whatever its
+    frame declares (python-zstandard sizes its output by the frame's own content size).
+
+    A frame declaring exactly `raw_length` (every frame chromasnap writes) is decompressed
+    at once into that many bytes; any other declared size is refused (with `exact=False`,
+    `raw_length` is only a bound); a frame declaring none is streamed and stopped one byte
+    past `raw_length`."""
+    try:
+        declared = zstandard.frame_content_size(body)
+        if declared >= 0:
+            if declared > raw_length or (exact and declared != raw_length):
+                raise StoreError(
+                    f"{what} is damaged: its frame declares {declared} bytes, the index {raw_length}"
+                )
+            return dctx.decompress(body)
+        out: list[bytes] = []
+        got = 0
+        with dctx.stream_reader(body) as reader:
+            while got <= raw_length:
+                block = reader.read(raw_length + 1 - got)
+                if not block:
+                    break
+                out.append(block)
+                got += len(block)
+        return b"".join(out)
+    except zstandard.ZstdError as exc:
+        raise StoreError(f"{what} is damaged: {exc}") from None
 
 
 class PackFile:
@@ -78,11 +142,20 @@ def parse_trailer(data: bytes, name: str) -> list[tuple[str, str, int, int, int]
     if len(data) < 12 or data[-8:] != MAGIC:
         raise StoreError(f"{name}: not a pack file (bad magic)")
     (tlen,) = struct.unpack("<I", data[-12:-8])
-    if tlen + 12 > len(data):
+    if tlen + 12 > len(data) or tlen > limits.MAX_TRAILER:
         raise StoreError(f"{name}: pack trailer is truncated")
+    body = data[-12 - tlen : -12]
+    raw = decompress(zstandard.ZstdDecompressor(), body, limits.MAX_TRAILER, f"{name}: pack trailer", False)
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data[-12 - tlen : -12])
-        blobs = json.loads(raw)["blobs"]
-        return [(str(k), str(t), int(o), int(n), int(r)) for k, t, o, n, r in blobs]
-    except (zstandard.ZstdError, ValueError, KeyError, TypeError) as exc:
+        if len(raw) > limits.MAX_TRAILER:
+            raise ValueError("too large")
+        blobs = parse_json(raw, f"{name}: pack trailer", limits.MAX_TRAILER)["blobs"]
+        out = []
+        for row in blobs:
+            key, loc = location(name, row)
+            if loc.offset + loc.length > len(data):
+                raise ValueError(f"blob {key[:16]} lies past the pack's end")
+            out.append((key, loc.type, loc.offset, loc.length, loc.raw_length))
+        return out
+    except (ManifestError, ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"{name}: pack trailer is damaged ({exc})") from None

@@ -31,8 +31,9 @@ from chromasnap.manifest import (
     Snapshot,
     VersionChunkRef,
     dumps,
+    limits,
 )
-from chromasnap.manifest.io import loads
+from chromasnap.manifest.io import loads, parse_json
 
 from .errors import StoreError
 from .repository import BlobWriter, Repository
@@ -165,34 +166,49 @@ class RecordSource:
     cache: dict[str, list[Record]] = field(default_factory=dict)
     vcache: dict[str, dict[tuple[int, str], Hashes]] = field(default_factory=dict)
 
-    def _raw(self, key: str) -> Any:
+    def _raw(self, key: str) -> list[Any]:
         raw = self.memory.get(key)
         if raw is None:
             if self.repo is None:
                 raise StoreError(f"record chunk {key[:16]} is missing")
             raw = self.repo.read_blob(key)
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise StoreError(f"record chunk {key[:16]} is not valid JSON ({exc})") from None
+            rows = parse_json(raw, f"record chunk {key[:16]}", limits.MAX_BLOB["records"])
+        except ManifestError as exc:
+            raise StoreError(str(exc)) from None
+        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+            raise StoreError(f"record chunk {key[:16]} is not a list of rows")
+        return rows
 
     def chunk(self, key: str) -> list[Record]:
         got = self.cache.get(key)
         if got is None:
-            try:
-                got = self.cache[key] = [(str(r[0]), int(r[1])) for r in self._raw(key)]
-            except (TypeError, IndexError, ValueError) as exc:
-                raise StoreError(f"record chunk {key[:16]} is not a record list ({exc})") from None
+            rows = self._raw(key)
+            if not all(len(r) == 2 and isinstance(r[0], str) and _seq(r[1]) for r in rows):
+                raise StoreError(f"record chunk {key[:16]} is not a list of [id, seq_id]")
+            got = self.cache[key] = [(r[0], r[1]) for r in rows]
         return got
 
     def versions(self, key: str) -> dict[tuple[int, str], Hashes]:
         got = self.vcache.get(key)
         if got is None:
-            try:
-                got = self.vcache[key] = {(int(r[0]), str(r[1])): (r[2], str(r[3])) for r in self._raw(key)}
-            except (TypeError, IndexError, ValueError) as exc:
-                raise StoreError(f"versions chunk {key[:16]} is not a version list ({exc})") from None
+            rows = self._raw(key)
+            if not all(
+                len(r) == 4
+                and _seq(r[0])
+                and isinstance(r[1], str)
+                and (r[2] is None or isinstance(r[2], str))
+                and isinstance(r[3], str)
+                for r in rows
+            ):
+                raise StoreError(f"versions chunk {key[:16]} is not a list of [seq_id, id, hash, hash]")
+            got = self.vcache[key] = {(r[0], r[1]): (r[2], r[3]) for r in rows}
         return got
+
+
+def _seq(value: object) -> bool:
+    """A seq_id: an integer (not a bool) within SQLite's."""
+    return type(value) is int and -(1 << 63) <= value < 1 << 64
 
 
 class Side:
@@ -230,7 +246,7 @@ class Side:
 
 def load_index(repo: Repository, key: str) -> RecordIndex:
     try:
-        return loads(RecordIndex, repo.read_blob(key), f"record index {key[:16]}")
+        return loads(RecordIndex, repo.read_blob(key), f"record index {key[:16]}", limits.MAX_BLOB["records"])
     except ManifestError as exc:
         raise StoreError(str(exc)) from None
 
@@ -310,11 +326,12 @@ def private_dir(repo: Repository, what: str) -> Path:
 
 def materialize_sqlite(repo: Repository, snap: Snapshot, work: Path) -> Path:
     """Write the snapshot's chroma.sqlite3 (every byte checked) into `work`; its path."""
-    from .extract import Extractor
+    from .extract import Extractor, check_free_space
 
     entry = next((f for f in snap.files if f.path == "chroma.sqlite3"), None)
     if entry is None:
         raise StoreError(f"snapshot {snap.short_id} has no chroma.sqlite3")
+    check_free_space(entry.data_bytes, work, f"the chroma.sqlite3 of snapshot {snap.short_id}")
     ex = Extractor(repo, durable=False)
     try:
         ex.write_file(work, entry)

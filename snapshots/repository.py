@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -23,16 +25,20 @@ from chromasnap.manifest import (
     Snapshot,
     StoreConfig,
     dumps,
+    limits,
     load_chunk_list,
     load_config,
     load_snapshot,
 )
+from chromasnap.manifest.io import parse_json
 
 from .backend import Backend
 from .errors import SnapshotNotFound, StoreError, UsageError
-from .pack import BlobLocation, PackFile, pack_name
+from .pack import BlobLocation, PackFile, decompress, location, pack_name
 
 INDEX_VERSION = 1
+HEX64 = re.compile(r"[0-9a-f]{64}")
+SNAPSHOT_NAME = re.compile(r"snapshots/([0-9a-f]{64})\.json")
 
 
 class Repository:
@@ -44,6 +50,10 @@ class Repository:
         self._index: dict[str, BlobLocation] | None = None
         self._dctx = threading.local()
         self._index_lock = threading.Lock()
+        self.index_problems: dict[str, str] = {}
+        """Index files (by name) that could not be read whole, and why."""
+        self.notes: list[str] = []
+        """What the last `snapshots()` ignored without harm (stray names, invalid catalog entries)."""
 
     # --- opening ------------------------------------------------------------------
 
@@ -52,7 +62,9 @@ class Repository:
         if not backend.exists():
             raise UsageError(f"no chromasnap store at {backend.location}")
         try:
-            config = load_config(backend.read("config.json"), f"{backend.location}/config.json")
+            config = load_config(
+                backend.read("config.json", limits.MAX_CONFIG), f"{backend.location}/config.json"
+            )
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
         return cls(backend, config)
@@ -92,16 +104,47 @@ class Repository:
                 if name in self._index_files:
                     continue
                 try:
-                    doc = json.loads(self.backend.read(name))
-                    for pack in doc["packs"]:
-                        pid = pack["id"]
-                        for key, btype, off, length, raw in pack["blobs"]:
-                            idx[key] = BlobLocation(pid, btype, off, length, raw)
-                except (ValueError, KeyError, TypeError, StoreError):
-                    # A damaged index file loses only dedup knowledge; the packs still
-                    # describe themselves, and verify reports what cannot be found.
-                    pass
+                    raw = self.backend.read(name, limits.MAX_INDEX_FILE)
+                except StoreError as exc:
+                    if "is missing" in str(exc):
+                        continue  # removed by another process's gc since the listing
+                    self.index_problems[name] = str(exc)
+                    self._index_files.add(name)
+                    continue
+                # A damaged index file (or row) loses only dedup knowledge; the packs still
+                # describe themselves, and verify reports what cannot be found.
+                problem = self._load_index_file(idx, name, raw)
+                if problem:
+                    self.index_problems[name] = problem
                 self._index_files.add(name)
+
+    def _load_index_file(self, idx: dict[str, BlobLocation], name: str, raw: bytes) -> str | None:
+        """Add an index file's valid rows to `idx`; what was wrong with it, if anything."""
+        where = f"{self.backend.location}/{name}"
+        try:
+            doc = parse_json(raw, where, limits.MAX_INDEX_FILE)
+            packs = doc["packs"]
+            if not isinstance(packs, list):
+                raise TypeError("packs is not a list")
+        except (ManifestError, KeyError, TypeError) as exc:
+            return f"{where} is unreadable ({exc}); ignored"
+        bad: list[str] = []
+        for pack in packs:
+            pid = pack.get("id") if isinstance(pack, dict) else None
+            rows = pack.get("blobs") if isinstance(pack, dict) else None
+            if not isinstance(pid, str) or not HEX64.fullmatch(pid) or not isinstance(rows, list):
+                bad.append("a pack entry without a valid id or blob list")
+                continue
+            for row in rows:
+                try:
+                    key, loc = location(pid, row)
+                except ValueError as exc:
+                    bad.append(str(exc))
+                    continue
+                idx[key] = loc
+        if bad:
+            return f"{where}: {len(bad)} invalid entries ignored ({bad[0]})"
+        return None
 
     def index_files(self) -> list[str]:
         return self.backend.list("index")
@@ -120,26 +163,37 @@ class Repository:
             self.refresh_index()
             loc = self.index().get(key)
         if loc is None:
-            raise StoreError(f"blob {key[:16]} is not in the store's index")
+            n = len(self.index_problems)
+            refused = f" ({n} index files had entries refused)" if n else ""
+            raise StoreError(f"blob {key[:16]} is not in the store's index{refused}")
         try:
             body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
         except StoreError:  # another process's gc may have moved it since the index was read
-            self.refresh_index()
-            moved = self.index().get(key)
-            if moved is None or moved == loc:
+            moved = self._moved(key, loc)
+            if moved is None:
                 raise
             loc = moved
             body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
         dctx = getattr(self._dctx, "d", None)
         if dctx is None:
             dctx = self._dctx.d = zstandard.ZstdDecompressor()
-        try:
-            raw = dctx.decompress(body, max_output_size=loc.raw_length)
-        except zstandard.ZstdError as exc:
-            raise StoreError(f"blob {key[:16]} in pack {loc.pack[:16]} is damaged: {exc}") from None
+        raw = decompress(dctx, body, loc.raw_length, f"blob {key[:16]} in pack {loc.pack[:16]}")
         if len(raw) != loc.raw_length or blake3(raw).hexdigest() != key:
             raise StoreError(f"blob {key[:16]} in pack {loc.pack[:16]} does not match its hash")
         return raw
+
+    def _moved(self, key: str, loc: BlobLocation) -> BlobLocation | None:
+        """Where a blob is now, if another process's gc moved it: the index is read again,
+        whole (a reader that looked while gc was replacing index files may hold a stale row)."""
+        for attempt in range(3):
+            with self._index_lock:
+                self._index_files.clear()  # the next refresh reloads every index file
+            self.refresh_index()
+            moved = self.index().get(key)
+            if moved is not None and moved != loc:
+                return moved
+            time.sleep(0.1 * (attempt + 1))  # gc removes old index files right after the new one
+        return None
 
     def read_chunk_list(self, key: str) -> ChunkListDoc:
         try:
@@ -150,17 +204,21 @@ class Repository:
     # --- snapshots ----------------------------------------------------------------
 
     def snapshot_ids(self) -> list[str]:
+        """Ids of the documents in snapshots/ (only `<64 hex>.json` names: others are noted)."""
         out = []
         for name in self.backend.list("snapshots"):
-            base = name.rsplit("/", 1)[-1]
-            if base.endswith(".json"):
-                out.append(base[: -len(".json")])
+            m = SNAPSHOT_NAME.fullmatch(name)
+            if m:
+                out.append(m.group(1))
+            else:
+                self.notes.append(f"{self.backend.location}/{name} is not a snapshot document name; ignored")
         return out
 
     def load_snapshot(self, snap_id: str) -> Snapshot:
         name = f"snapshots/{snap_id}.json"
         try:
-            return load_snapshot(self.backend.read(name), f"{self.backend.location}/{name}")
+            raw = self.backend.read(name, limits.MAX_SNAPSHOT_DOC)
+            return load_snapshot(raw, f"{self.backend.location}/{name}", expected_id=snap_id)
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
 
@@ -168,6 +226,7 @@ class Repository:
         """All readable snapshots, oldest first, and one message per unreadable one
         (including snapshots the catalog lists whose document is gone)."""
         snaps, problems = [], []
+        self.notes = []
         ids = self.snapshot_ids()
         for sid in ids:
             try:
@@ -187,19 +246,32 @@ class Repository:
     # document is durable; prune removes ids before it deletes documents.
 
     def catalog(self) -> tuple[set[str], str | None]:
-        if not self._has_catalog():
-            return set(), None
+        """The catalog's snapshot ids, and why it is unreadable if it is. Entries that are
+        not snapshot ids are noted and dropped (the next catalog write leaves them out)."""
+        where = f"{self.backend.location}/catalog.json"
         try:
-            doc = json.loads(self.backend.read("catalog.json"))
-            return {str(i) for i in doc["snapshots"]}, None
-        except (StoreError, ValueError, KeyError, TypeError) as exc:
-            return set(), f"{self.backend.location}/catalog.json is unreadable ({exc}); ignored"
+            if not self._has_catalog():
+                return set(), None
+            doc = parse_json(self.backend.read("catalog.json", limits.MAX_CATALOG), where, limits.MAX_CATALOG)
+            entries = doc["snapshots"]
+            if not isinstance(entries, list):
+                raise TypeError("snapshots is not a list")
+        except (StoreError, ManifestError, KeyError, TypeError) as exc:
+            return set(), f"{where} is unreadable ({exc}); ignored"
+        ids = {e for e in entries if isinstance(e, str) and HEX64.fullmatch(e)}
+        invalid = [e for e in entries if not (isinstance(e, str) and HEX64.fullmatch(e))]
+        if invalid:
+            self.notes.append(
+                f"{where}: {len(invalid)} entries are not snapshot ids "
+                f"(e.g. {str(invalid[0])[:40]!r}); ignored"
+            )
+        return ids, None
 
     def _has_catalog(self) -> bool:
         try:
             self.backend.size("catalog.json")
             return True
-        except OSError:
+        except FileNotFoundError:
             return False
 
     def _write_catalog(self, ids: set[str]) -> None:

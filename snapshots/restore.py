@@ -61,6 +61,8 @@ class RecoverResult(BaseModel):
     finished_swap: str | None = None
     tried: list[str] = []
     warnings: list[str] = []
+    """Swap journals and write intents found but not trusted, so not acted upon; what a
+    restore could not do as it should (an owner it may not set)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -193,16 +195,20 @@ def recover(
     python: str | None = None,
     timeout: float | None = None,
 ) -> RecoverResult:
-    from .guard import read_intents
-
     db = swap.real_db(mgr._need_db())  # a symlinked database is recovered in its target
     if db.exists() and not db.is_dir():
         raise UsageError(f"database {mgr._need_db()} is not a directory")
     finished = swap.finish_interrupted(db)
-    intents = [i for i in read_intents(mgr.backend) if i.dead] if mgr.backend.exists() else []
+    warnings: list[str] = []
+    if finished and finished.startswith(swap.IGNORED):
+        warnings.append(finished)
+        finished = None
+    # intents name the database as the application gave it (a symlink stays a symlink)
+    intents = _trusted_intents(mgr, mgr._need_db(), warnings)
     _refuse_while_open(db, intents if rollback_interrupted else [], "")
     first_run = _first_run(mgr, db, intents, rollback_interrupted, finished)
     if first_run is not None:
+        first_run.warnings = warnings + first_run.warnings
         return first_run
     reason = ""
     if not db.exists():
@@ -218,7 +224,7 @@ def recover(
             reason = f"{INTERRUPTED} by pid {first.pid} ({first.reason or 'no reason'})"
     if not reason:
         _clear(mgr, intents)
-        return RecoverResult(action="none", reason="healthy", finished_swap=finished)
+        return RecoverResult(action="none", reason="healthy", finished_swap=finished, warnings=warnings)
     _refuse_while_open(db, [], reason)
 
     tried: list[str] = []
@@ -247,7 +253,7 @@ def recover(
             kept_path=res.kept_path,
             finished_swap=finished,
             tried=tried,
-            warnings=res.warnings,
+            warnings=warnings + res.warnings,
         )
     if reset:
         kept = _move_aside(db)
@@ -258,12 +264,14 @@ def recover(
             kept_path=kept,
             finished_swap=finished,
             tried=tried,
+            warnings=warnings,
         )
     return RecoverResult(
         action="failed",
         reason=f"{reason}; {nothing}",
         finished_swap=finished,
         tried=tried,
+        warnings=warnings,
     )
 
 
@@ -292,6 +300,28 @@ def _refuse_while_open(db: Path, intents: list, reason: str) -> None:  # type: i
         f"{describe_holders(db, holders)}: {why}; recover swaps nothing while a process has the "
         f"database open: stop it, then run recover again{after}"
     )
+
+
+def _trusted_intents(mgr: SnapshotManager, db: Path, warnings: list[str]) -> list[Intent]:
+    """The write intents recover may act on (guard.trusted_intents: this database's own,
+    of a dead process on this host, after a snapshot in the store); why others are not
+    goes to `warnings`."""
+    from datetime import datetime
+
+    from .guard import trusted_intents
+
+    if not mgr.backend.exists():
+        return []
+
+    def created(sid: str) -> datetime | None:
+        try:
+            return mgr.repo.load_snapshot(sid).created_at
+        except ChromasnapError:
+            return None
+
+    trusted, problems = trusted_intents(mgr.backend, db, created)
+    warnings.extend(problems)
+    return trusted
 
 
 def _clear(mgr: SnapshotManager, intents: list) -> None:  # type: ignore[type-arg]

@@ -197,6 +197,41 @@ def _tables(db: sqlite3.Connection) -> set[str]:
     return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
+CHROMA_TABLES = ("collections", "segments", "embeddings", "embedding_metadata")
+
+
+def check_tables(db: sqlite3.Connection, names: tuple[str, ...] = CHROMA_TABLES) -> None:
+    """Refuse (sqlite3.DatabaseError) a database where any of `names` is missing or is not a
+    table: a view there could recurse forever, and a database without them is not Chroma's."""
+    kinds = {str(n): str(t) for n, t in db.execute("SELECT name, type FROM sqlite_master")}
+    for name in names:
+        if name not in kinds:
+            raise sqlite3.DatabaseError(f"no {name} table: not a Chroma database")
+        if kinds[name] != "table":
+            raise sqlite3.DatabaseError(f"{name} is a {kinds[name]}, not a table")
+
+
+def deadline_seconds() -> float:
+    """How long one private SQLite read may run: CHROMASNAP_SQLITE_TIMEOUT, default 300 s."""
+    try:
+        return float(os.environ.get("CHROMASNAP_SQLITE_TIMEOUT", "300"))
+    except ValueError:
+        return 300.0
+
+
+def open_private(path: Path, seconds: float | None = None) -> sqlite3.Connection:
+    """A read-only connection to a private, quiescent copy of a chroma.sqlite3 whose every
+    statement is interrupted (sqlite3.OperationalError "interrupted") once `seconds`
+    (default `deadline_seconds()`) have passed since it was opened: a copy from a store
+    may hold a crafted view, index or query plan that never ends."""
+    import time
+
+    con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    end = time.monotonic() + (deadline_seconds() if seconds is None else seconds)
+    con.set_progress_handler(lambda: time.monotonic() > end, 10_000)
+    return con
+
+
 def content_hashes(db: sqlite3.Connection, rowids: list[int]) -> dict[int, tuple[str | None, str]]:
     """(document hash or None, metadata hash) of records by `embeddings` rowid: 8-byte
     BLAKE2b of the document text, and of the repr of the metadata rows in key order
@@ -230,9 +265,9 @@ def content_hashes(db: sqlite3.Connection, rowids: list[int]) -> dict[int, tuple
 
 
 def collection_segments(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
-    """(collection id, name, METADATA segment id) of every collection, by name."""
-    if not {"collections", "segments", "embeddings", "embedding_metadata"} <= _tables(db):
-        return []
+    """(collection id, name, METADATA segment id) of every collection, by name; a database
+    without Chroma's tables (or with a view in their place) is refused (check_tables)."""
+    check_tables(db)
     return [
         (str(c), str(n), str(s))
         for c, n, s in db.execute(
@@ -242,7 +277,9 @@ def collection_segments(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
     ]
 
 
-def write_records(sqlite_path: Path, out: Path, since: int | None = None) -> int:
+def write_records(
+    sqlite_path: Path, out: Path, since: int | None = None, seconds: float | None = None
+) -> int:
     """Write the record index rows of a quiescent chroma.sqlite3 to `out`; returns how many
     records. Lines: per collection `C<TAB>[id, name]`, then its records sorted by id in
     chunks, a line each: `K<TAB>json(first id)<TAB>count<TAB>json([[id, seq_id], ...])`.
@@ -251,8 +288,9 @@ def write_records(sqlite_path: Path, out: Path, since: int | None = None) -> int
     `V<TAB>collection id<TAB>first seq_id<TAB>count<TAB>json([[seq_id, id, document
     hash|null, metadata hash], ...])`. Last `W<TAB>the highest seq_id` (or `W<TAB>null`).
     A version is named by (collection, id, seq_id): chromadb can reuse a seq_id once the
-    queue rows above it are gone (a dropped collection's), never for the same record."""
-    db = sqlite3.connect(f"file:{sqlite_path}?mode=ro&immutable=1", uri=True)
+    queue rows above it are gone (a dropped collection's), never for the same record.
+    Reads stop after `seconds` (default `deadline_seconds()`; see `open_private`)."""
+    db = open_private(sqlite_path, seconds)
     total, top = 0, None
     fresh: list[tuple[str, int, int, str]] = []  # (collection, seq_id, rowid, id) after `since`
     try:
@@ -301,7 +339,7 @@ def record_hashes(
 ) -> dict[str, tuple[int, str | None, str]]:
     """[seq_id, document hash, metadata hash] of the named records of one collection of a
     quiescent chroma.sqlite3 (for versions a record index does not hold)."""
-    db = sqlite3.connect(f"file:{sqlite_path}?mode=ro&immutable=1", uri=True)
+    db = open_private(sqlite_path)
     try:
         seg = next((s for c, _n, s in collection_segments(db) if c == collection_id), None)
         if seg is None:
@@ -344,7 +382,8 @@ def main() -> int:
                     raise
         if records is not None:
             try:
-                result["records"] = write_records(dest, records, since)
+                # the live database's own copy: as long as it takes
+                result["records"] = write_records(dest, records, since, float("inf"))
             except sqlite3.Error as exc:  # an unreadable schema costs the index, not the snapshot
                 records.unlink(missing_ok=True)
                 result["records_error"] = f"{type(exc).__name__}: {exc}"

@@ -19,9 +19,14 @@ import os
 import re
 import shutil
 import signal
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from chromasnap.manifest import ManifestError, limits
+from chromasnap.manifest.io import parse_json
 
 from . import fsutil
 
@@ -217,18 +222,107 @@ def _roll_entries_forward(record: dict[str, object]) -> None:
     fsutil.fsync_dir(db)
 
 
+IGNORED = "ignored "
+"""What `finish_interrupted` returns about a journal it did not trust starts with this."""
+_TOKEN = r"[0-9a-f]{1,64}"
+_STAMP = r"[0-9]{8}T[0-9]{6}Z(?:-1)*"
+
+
+def _read_journal(journal: Path) -> Any:
+    """The journal's JSON if it is a small regular file of this user's, never following a
+    symlink; ValueError saying why not."""
+    try:
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("it is a symlink") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("it is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise ValueError(f"it belongs to uid {st.st_uid}, not to you")
+        if st.st_size > limits.MAX_JOURNAL:
+            raise ValueError(f"it is {st.st_size} bytes")
+        raw = os.read(fd, limits.MAX_JOURNAL + 1)
+    finally:
+        os.close(fd)
+    try:
+        return parse_json(raw, str(journal), limits.MAX_JOURNAL)
+    except ManifestError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _plain_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\x00" not in name
+        and not name.startswith(OWN_PREFIX)
+    )
+
+
+def check_journal(record: Any, db: Path, inside: bool) -> str | None:
+    """Why a swap journal found for `db` is not this database's own, or None if it is: its
+    `db` is the path given, and its staged and kept folders are exactly the siblings (or,
+    in mount mode, the `.chromasnap-` entries inside) that a restore of `db` creates, with
+    plain entry names; so acting on it can only finish or undo a swap of `db` itself."""
+    if not isinstance(record, dict) or record.get("version") != 1:
+        return "not a version-1 swap journal"
+    if record.get("db") != str(db):
+        return f"it names another database ({str(record.get('db'))[:200]!r})"
+    staging, kept = record.get("staging"), record.get("kept")
+    if not isinstance(staging, str) or not isinstance(kept, str):
+        return "its staged or kept folder is missing"
+    name = re.escape(db.name)
+    if inside:
+        if record.get("kind") != "entries":
+            return "a journal inside the database must be of kind 'entries'"
+        base = re.escape(str(db)) + "/" + re.escape(OWN_PREFIX)
+        staged_ok = re.fullmatch(rf"{base}(?:restore|empty)-{_TOKEN}", staging)
+        kept_ok = re.fullmatch(rf"{base}replaced-{_STAMP}", kept)
+    else:
+        if record.get("kind") != "dir":
+            return "a journal beside the database must be of kind 'dir'"
+        base = re.escape(str(db.parent)) + "/"
+        staged_ok = re.fullmatch(rf"{base}\.{name}\.(?:restore|empty)-{_TOKEN}", staging)
+        kept_ok = re.fullmatch(rf"{base}{name}\.replaced-{_STAMP}", kept)
+    if not staged_ok:
+        return f"its staged folder {staging[:200]!r} is not one a restore of {db} makes"
+    if not kept_ok:
+        return f"its kept folder {kept[:200]!r} is not one a restore of {db} makes"
+    if inside:
+        for field in ("old", "new"):
+            entries = record.get(field)
+            if not isinstance(entries, dict) or len(entries) > limits.MAX_ENTRIES:
+                return f"its {field!r} entries are not a table of names"
+            for entry, ino in entries.items():
+                if not _plain_name(entry) or type(ino) is not int:
+                    return f"its {field!r} entries hold {str(entry)[:80]!r}, not a plain name and an inode"
+    elif type(record.get("old_ino")) is not int or type(record.get("new_ino")) is not int:
+        return "its inode numbers are missing"
+    return None
+
+
 def finish_interrupted(db: Path) -> str | None:
     """Complete or roll back a swap that a crash interrupted; returns what was done.
 
-    Journals are looked for at the real directory (`real_db`), where restore writes them."""
+    Journals are looked for at the real directory (`real_db`), where restore writes them. A
+    journal is acted on only if it is this database's own (`check_journal`); any other is
+    left alone and reported: the return value then starts with IGNORED."""
     db = real_db(db)
-    for journal in journal_paths(db):
+    for journal, inside in zip(journal_paths(db), (False, True), strict=True):
         try:
-            record = json.loads(journal.read_text())
-        except FileNotFoundError:
+            record = _read_journal(journal)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        except (OSError, ValueError):
-            continue  # unreadable: never act on a journal we cannot trust
+        except (OSError, ValueError) as exc:  # never act on a journal we cannot trust
+            return f"{IGNORED}the swap journal {journal}: {getattr(exc, 'strerror', None) or exc}"
+        why = check_journal(record, db, inside)
+        if why:
+            return f"{IGNORED}the swap journal {journal}, not acted upon: {why}"
         if record.get("kind") == "entries":
             _roll_entries_forward(record)
             return "completed an interrupted restore (mount mode)"

@@ -5,6 +5,7 @@ The long form is `python bench/torture.py --long`; both count the same things.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def test_torture_short_form(tmp_path: Path) -> None:
     assert t.wrong == []
     assert (t.kills, t.lost) == (5, 0)
     assert (t.flips, t.undetected) == (25, 0)
-    assert t.bad_inputs >= 30 and t.tracebacks == 0
+    # 30 bad arguments, 4 hostile manifests, 10 Ctrl-C, 39 crafted stores (one needs root)
+    assert t.bad_inputs >= 83 - (os.geteuid() != 0) and t.tracebacks == 0
     assert t.concurrent_ops > 0 and t.torn == 0
 
 
