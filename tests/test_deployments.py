@@ -359,7 +359,7 @@ CHROMADB_MODULES = "numpy,chromadb,chromadb.config,chromadb.api.rust"
 CHROMASNAP_MODULES = (
     "json,numpy,chromasnap.snapshots,chromasnap.snapshots.restore,chromasnap.snapshots.extract,"
     "chromasnap.snapshots.checker,chromasnap.snapshots.livecopy,chromasnap.snapshots.owner,"
-    "chromasnap.snapshots.guard,chromasnap.snapshots.capture,chromasnap.snapshots.records,filelock"
+    "chromasnap.snapshots.guard,chromasnap.snapshots.capture,chromasnap.snapshots.records"
 )
 
 
