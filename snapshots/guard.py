@@ -260,12 +260,28 @@ def open_by(db: Path) -> list[tuple[int, str]]:
     """
     root = os.path.realpath(db)
     ids = _identities(root)
+    found = _scan(root, ids, None)
+    # A process killed a moment ago still lists its descriptors until its exit completes:
+    # look again at those found, and keep the ones that hold on (two scans alike).
+    for _ in range(5):
+        if not found:
+            break
+        time.sleep(0.1)
+        again = _scan(root, ids, {pid for pid, _ in found})
+        if again == found:
+            break
+        found = again
+    return found
+
+
+def _scan(root: str, ids: set[tuple[int, int]], pids: set[int] | None) -> list[tuple[int, str]]:
+    """One pass over /proc (or over `pids`) for descriptors of the database at `root`."""
     found: dict[int, str] = {}
     me = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
+    candidates = pids if pids is not None else {int(e.name) for e in os.scandir("/proc") if e.name.isdigit()}
+    for pid in sorted(candidates):
+        if pid == me:
             continue
-        pid = int(entry.name)
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
