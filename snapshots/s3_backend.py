@@ -222,6 +222,7 @@ class S3Backend(StorageBackend):
             meta = exc.response.get("ResponseMetadata", {}) or {}
             status = int(meta.get("HTTPStatusCode") or 0)
             code = _safe_code(err.get("Code") or status)
+            answer = f"HTTP {status}" if code.isdigit() else f"{code} (HTTP {status})"  # HEAD: no body
             if status == 412 or code == "PreconditionFailed":
                 if create_only:
                     return ObjectExists(f"{where} already exists")
@@ -237,7 +238,9 @@ class S3Backend(StorageBackend):
             if code == "InvalidRange" or status == 416:
                 return StoreError(f"{where} is truncated (the range starts past its end)")
             if code in _ACCESS_CODES or status == 403:
-                why = _ACCESS_CODES.get(code, f"access denied ({code})")
+                why = _ACCESS_CODES.get(
+                    code, "access denied" if code.isdigit() else f"access denied ({code})"
+                )
                 return PermanentStoreError(
                     f"cannot {op} {where}: {why} (HTTP {status}); check the credentials and the bucket policy"
                 )
@@ -247,8 +250,8 @@ class S3Backend(StorageBackend):
                     "set AWS_REGION or the profile's region"
                 )
             if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                return TransientStoreError(f"cannot {op} {where}: the server answered {code} (HTTP {status})")
-            return PermanentStoreError(f"cannot {op} {where}: the server answered {code} (HTTP {status})")
+                return TransientStoreError(f"cannot {op} {where}: the server answered {answer}")
+            return PermanentStoreError(f"cannot {op} {where}: the server answered {answer}")
         if isinstance(exc, E.NoCredentialsError | E.PartialCredentialsError):
             return PermanentStoreError(
                 f"no usable AWS credentials for {self.location}: set AWS_ACCESS_KEY_ID and "

@@ -213,6 +213,8 @@ class SilentServer:
             self._held.append(conn)
 
     def close(self) -> None:
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         for c in self._held:
             c.close()
@@ -284,10 +286,13 @@ class CuttingProxy:
                 return
             self.cut_done.set()
             conns = list(self._conns)
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in another thread
         self.sock.close()
         for c in conns:
-            try:
+            # shutdown wakes the pump blocked in recv() on it (close alone would not, and the
+            # connection would live on); linger 0 makes the close a reset, as from a killed server
+            with suppress(OSError):
                 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                c.close()  # linger 0: a reset, as from a killed process
-            except OSError:
-                pass
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
