@@ -80,6 +80,10 @@ class _NoBucket(PermanentStoreError):
     """The bucket itself is missing (exists() answers False; create() makes it)."""
 
 
+class _PastTheEnd(StoreError):
+    """HTTP 416: the range starts at or past the end of the object."""
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of `s3://bucket/prefix`; refuses anything that could carry a secret."""
     if not url.startswith("s3://"):
@@ -153,7 +157,7 @@ class S3Backend(StorageBackend):
         profile: str | None = None,
         connections: int = DEFAULT_CONNECTIONS,
         connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
+        read_timeout: float = 30.0,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         part_size: int = DEFAULT_PART_SIZE,
     ) -> None:
@@ -236,7 +240,7 @@ class S3Backend(StorageBackend):
                     )
                 return ObjectNotFound(f"{where} is missing")
             if code == "InvalidRange" or status == 416:
-                return StoreError(f"{where} is truncated (the range starts past its end)")
+                return _PastTheEnd(f"{where} is truncated (the range starts past its end)")
             if code in _ACCESS_CODES or status == 403:
                 why = _ACCESS_CODES.get(
                     code, "access denied" if code.isdigit() else f"access denied ({code})"
@@ -397,7 +401,16 @@ class S3Backend(StorageBackend):
         """Upload in parts, in parallel; the object appears only when the upload completes
         (with the conditional header), and a failed upload is aborted."""
         part = max(self.part_size, -(-size // MAX_PARTS))
-        up = self._call("write", name, self._client.create_multipart_upload, Bucket=self.bucket, Key=key)
+        # as boto3's own upload_file does: the upload declares CRC32, each part carries its
+        # checksum (botocore computes it), and the completion lists them
+        up = self._call(
+            "write",
+            name,
+            self._client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=key,
+            ChecksumAlgorithm="CRC32",
+        )
         upload_id = up["UploadId"]
         try:
 
@@ -413,8 +426,12 @@ class S3Backend(StorageBackend):
                     UploadId=upload_id,
                     PartNumber=number,
                     Body=body,
+                    ChecksumAlgorithm="CRC32",
                 )
-                return {"ETag": resp["ETag"], "PartNumber": number}
+                done = {"ETag": resp["ETag"], "PartNumber": number}
+                if "ChecksumCRC32" in resp:
+                    done["ChecksumCRC32"] = resp["ChecksumCRC32"]
+                return done
 
             count = -(-size // part)
             futures = [self._part_pool().submit(send, n) for n in range(1, count + 1)]
@@ -444,18 +461,23 @@ class S3Backend(StorageBackend):
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(name, offset, length)
         key = self._key(name)
-        if length == 0 or (offset > 0 and length is None):
-            size = self.stat(name)
-            if offset > size:
-                raise StoreError(f"{self._where(name)} is truncated (wanted {length} bytes at {offset})")
-            if length == 0 or offset == size:
-                return b""
+        if length == 0:
+            if offset > self.stat(name):
+                raise StoreError(f"{self._where(name)} is truncated (wanted 0 bytes at {offset})")
+            return b""
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if length is not None:
             kwargs["Range"] = f"bytes={offset}-{offset + length - 1}"
         elif offset:
             kwargs["Range"] = f"bytes={offset}-"
-        data, _tag = self._get(name, kwargs)
+        try:
+            data, _tag = self._get(name, kwargs)
+        except _PastTheEnd:
+            if length is None and offset == self.stat(name):
+                return b""  # S3 answers 416 to a range that starts at the end
+            raise StoreError(
+                f"{self._where(name)} is truncated (wanted {length} bytes at {offset})"
+            ) from None
         if length is not None and len(data) != length:
             raise StoreError(f"{self._where(name)} is truncated (wanted {length} bytes at {offset})")
         return data
