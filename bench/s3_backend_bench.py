@@ -82,7 +82,7 @@ def main() -> None:
         total = 16 * args.objects
         print(f"moto_server on {endpoint}; {args.objects} objects of 16 MiB; median of {args.runs} runs")
         for conns in (1, 4, 8):
-            saves, loads, reqs = [], [], []
+            saves, loads, reqs, cpu_s, cpu_l = [], [], [], [], []
             for run in range(args.runs):
                 b = S3Backend(
                     f"s3://chromasnap-bench/c{conns}-{run}", endpoint_url=endpoint, connections=conns
@@ -90,20 +90,24 @@ def main() -> None:
                 count = Counter(b)
                 names = [f"packs/{i:02x}/{i:064x}" for i in range(args.objects)]
                 with ThreadPoolExecutor(conns) as pool:
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     list(pool.map(partial(save_new, b), names, bodies))
                     saves.append(time.perf_counter() - t)
+                    cpu_s.append(time.process_time() - c)
                     reqs.append(count.n / total)
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     list(pool.map(b.load, names))
                     loads.append(time.perf_counter() - t)
+                    cpu_l.append(time.process_time() - c)
                 for n in names:
                     b.remove(n)
                 b.close()
             s, lo = statistics.median(saves), statistics.median(loads)
             print(
                 f"connections {conns}: save {total / s:7.1f} MiB/s ({s:.2f} s)   "
-                f"load {total / lo:7.1f} MiB/s ({lo:.2f} s)   requests/MiB saved {statistics.median(reqs):.3f}"
+                f"load {total / lo:7.1f} MiB/s ({lo:.2f} s)   requests/MiB saved {statistics.median(reqs):.3f}   "
+                f"client CPU s/GiB: save {1024 * statistics.median(cpu_s) / total:.2f}, "
+                f"load {1024 * statistics.median(cpu_l) / total:.2f}"
             )
 
         # one 128 MiB object through multipart (threshold 32 MiB, 8 MiB parts)

@@ -194,8 +194,13 @@ class S3Backend(StorageBackend):
             response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if endpoint else {},
         )
-        with _sessions_lock:  # a boto3 Session is not thread-safe; its clients are
-            self._client: Any = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        try:
+            with _sessions_lock:  # a boto3 Session is not thread-safe; its clients are
+                self._client: Any = session.client(
+                    "s3", endpoint_url=endpoint, region_name=region, config=config
+                )
+        except ValueError:  # botocore's "Invalid endpoint: <url>" would repeat the URL whole
+            raise UsageError("invalid S3 endpoint URL: give http(s)://host[:port]") from None
         self._parts: ThreadPoolExecutor | None = None
         self._parts_lock = threading.Lock()
         self._bucket_ok = False

@@ -393,3 +393,9 @@ def test_reads_and_ranges_on_rclone(rclone_endpoint: str) -> None:
     backend.remove("packs/aa/x")
     backend.remove("packs/aa/x")
     assert backend.list("packs") == []
+
+
+def test_an_invalid_endpoint_is_a_usage_error_that_repeats_no_user_info() -> None:
+    with pytest.raises(UsageError) as info:
+        S3Backend(fresh_url(), endpoint_url=f"ftp//{ACCESS_KEY}:{SECRET_KEY}@host")
+    one_line(info.value, *secrets())
