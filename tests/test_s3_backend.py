@@ -399,3 +399,22 @@ def test_an_invalid_endpoint_is_a_usage_error_that_repeats_no_user_info() -> Non
     with pytest.raises(UsageError) as info:
         S3Backend(fresh_url(), endpoint_url=f"ftp//{ACCESS_KEY}:{SECRET_KEY}@host")
     one_line(info.value, *secrets())
+
+
+def test_a_hostile_bucket_cannot_smuggle_names_into_a_listing(moto_endpoint: str) -> None:
+    """Keys others wrote into the bucket that are not safe store names are left out of listings."""
+    url = fresh_url()
+    backend = S3Backend(url, endpoint_url=moto_endpoint)
+    prefix = parse_s3_url(url)[1]
+    raw = raw_client(moto_endpoint)
+    for key in (
+        "packs/../../etc/x",
+        "packs//double",
+        "packs/./dot",
+        "packs/.hidden",
+        "packs/aa/",
+        "packs/aa/ok",
+    ):
+        raw.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=b"x")
+    raw.put_object(Bucket=BUCKET, Key=f"{prefix}-sibling/packs/aa/other", Body=b"x")
+    assert [o.name for o in backend.list("packs")] == ["packs/aa/ok"]
