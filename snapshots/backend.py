@@ -20,6 +20,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from chromasnap.manifest import ManifestError, limits
@@ -122,6 +123,78 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O
 _HELD: dict[tuple[int, int, int], list[int]] = {}
 """Lock files this process holds: (st_dev, st_ino, thread) -> [fd, depth] (re-entrant per thread)."""
 _HELD_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object of a listing: its store name and size in bytes."""
+
+    name: str
+    size: int
+
+
+class StorageBackend(ABC):
+    """The storage contract (restic-style) that local and object stores implement.
+
+    Every method raises a `StoreError`; the typed ones are `ObjectNotFound`, `ObjectExists`,
+    `PreconditionFailed`, `TransientStoreError` (worth retrying) and `PermanentStoreError`.
+    Messages are one line, name the store and the object, and never carry credentials.
+    (Issue 15 folds this into `Backend`; until then the two ABCs live side by side.)
+    """
+
+    location: str  # printable, never holds credentials (s3://bucket/prefix, /path/to/store)
+    is_local: bool = False  # True only for a local directory (flock, packs renamed into place)
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the store has been created (its config.json exists)."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Create the empty container (idempotent)."""
+
+    @abstractmethod
+    def save(self, name: str, data: bytes, *, create_only: bool = False, if_match: str | None = None) -> str:
+        """Store `data` atomically and durably; return the new version tag.
+
+        create_only: refuse with ObjectExists if `name` exists. if_match: replace only if the
+        current version tag equals it, else PreconditionFailed."""
+
+    @abstractmethod
+    def save_file(self, name: str, local: Path, *, create_only: bool = False) -> str:
+        """The finished local file becomes `name`; return its version tag. On success the local
+        file is gone (renamed or uploaded then deleted); on an error it is left to the caller."""
+
+    @abstractmethod
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The object's bytes from `offset`, `length` of them or to the end. A range that does
+        not fit in the object is a StoreError ("<name> is truncated"); offset == size with
+        length 0 or None gives b""."""
+
+    @abstractmethod
+    def load_versioned(self, name: str) -> tuple[bytes, str]:
+        """The whole object and its version tag (for a later save(if_match=...))."""
+
+    @abstractmethod
+    def stat(self, name: str) -> int:
+        """The object's size; ObjectNotFound if absent."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Objects under the folder `prefix`, recursively, sorted by name, with sizes."""
+
+    @abstractmethod
+    def remove(self, name: str) -> None:
+        """Delete `name`; an absent name is not an error."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and cached resources."""
+
+
+def check_range(name: str, offset: int, length: int | None) -> None:
+    """Reject negative offsets and lengths before they reach a server."""
+    if offset < 0 or (length is not None and length < 0):
+        raise StoreError(f"invalid range of {name}: offset {offset}, length {length}")
 
 
 class LocalBackend(Backend):

@@ -34,3 +34,38 @@ class CaptureError(ChromasnapError):
 class WriterBusy(ChromasnapError):
     """A snapshot asked not to wait found the database write lock held (exit 1: nothing
     was taken)."""
+
+
+# --- the storage contract's errors (docs: DESIGN-storage; raised by every StorageBackend) ---
+
+
+class ObjectNotFound(StoreError):
+    """load, load_versioned or stat of a name the store does not have."""
+
+
+class ObjectExists(StoreError):
+    """save(create_only=True) of a name that already exists."""
+
+
+class PreconditionFailed(StoreError):
+    """save(if_match=tag) when the object changed since `tag` was read (compare-and-swap lost)."""
+
+
+class TransientStoreError(StoreError):
+    """Worth retrying: 5xx, throttling, connection resets, timeouts."""
+
+
+class PermanentStoreError(StoreError):
+    """Never retried: access denied, missing bucket, wrong region, a refused configuration."""
+
+
+class ConditionalWritesUnsupported(PermanentStoreError):
+    """The server ignores If-None-Match / If-Match: concurrent writers could overwrite each other."""
+
+
+class LeaseLost(StoreError):
+    """The store lease this process held was broken or taken over: stop writing."""
+
+
+class StaleLock(LockTimeout):
+    """The store's lease or lock object outlived its holder; broken only on request (unlock --stale)."""
