@@ -29,6 +29,7 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ class RecordSalvage:
     `embedding` exactly)."""
     queue_seq_id: int | None = None
     label: int | None = None
+    label_derived: bool = False
+    """The HNSW label came from `derive_labels`, not from index_metadata.pickle."""
 
 
 @dataclass
@@ -92,6 +95,7 @@ class CollectionSalvage:
             "records": len(recs),
             "queue": sum(r.source == QUEUE for r in recs),
             "hnsw": sum(r.source == HNSW for r in recs),
+            "hnsw_derived_label": sum(r.source == HNSW and r.label_derived for r in recs),
             "lost": sum(lost.values()),
             "lost_by_reason": dict(sorted(lost.items())),
         }
@@ -104,10 +108,11 @@ class Salvage:
     problems: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
-        total: dict[str, Any] = {"records": 0, "queue": 0, "hnsw": 0, "lost": 0, "lost_by_reason": {}}
+        keys = ("records", "queue", "hnsw", "hnsw_derived_label", "lost")
+        total: dict[str, Any] = {**dict.fromkeys(keys, 0), "lost_by_reason": {}}
         for c in self.collections:
             got = c.counts()
-            for k in ("records", "queue", "hnsw", "lost"):
+            for k in keys:
                 total[k] += got[k]
             for reason, n in got["lost_by_reason"].items():
                 total["lost_by_reason"][reason] = total["lost_by_reason"].get(reason, 0) + n
@@ -206,13 +211,26 @@ def _collection(db: Any, db_dir: Path, info: CollectionInfo, health: TableHealth
     if position is None and labels.max_seq_id is not None:
         position = labels.max_seq_id
         cs.problems.append("vector position taken from the pickle's legacy max_seq_id")
-    plans = [
-        vector_source(r.seq_id, queue.get(r.id, []), cs.queue_usable, position, labels, r.id) for r in records
-    ]
-    need = {r.id for r, (kind, _) in zip(records, plans, strict=True) if kind == HNSW}
-    cs.segment = salvage_hnsw.read_segment(
-        folder or db_dir / "-", info.space, info.dimension, need, labels=labels
-    )
+    level0 = None
+    if folder is not None and labels.labels and not labels.complete:
+        level0, _status, _problems = salvage_hnsw.open_level0(folder, info.dimension)
+        if level0 is not None:
+            derived, note = derive_labels(labels, records, level0.live_labels(), _unsettled(queue, position))
+            labels.labels.update(derived)
+            labels.derived = set(derived)
+            cs.problems.append(note)
+    try:
+        plans = [
+            vector_source(r.seq_id, queue.get(r.id, []), cs.queue_usable, position, labels, r.id)
+            for r in records
+        ]
+        need = {r.id for r, (kind, _) in zip(records, plans, strict=True) if kind == HNSW}
+        cs.segment = salvage_hnsw.read_segment(
+            folder or db_dir / "-", info.space, info.dimension, need, labels=labels, level0=level0
+        )
+    finally:
+        if level0 is not None:
+            level0.close()
     if need:
         cs.problems += cs.segment.problems
     stale = _stale(records, labels, position)
@@ -234,7 +252,7 @@ def _collection(db: Any, db_dir: Path, info: CollectionInfo, health: TableHealth
                 out.embedding = returned_embedding(vec, info.space)
         elif kind == HNSW:
             got = cs.segment.read(rec.id)
-            out.label = got.label
+            out.label, out.label_derived = got.label, rec.id in labels.derived
             if folder is None:
                 out.reason = "no_vector_segment"
             elif stale:
@@ -247,6 +265,67 @@ def _collection(db: Any, db_dir: Path, info: CollectionInfo, health: TableHealth
             out.reason = str(detail)
         cs.records.append(out)
     return cs
+
+
+def derive_labels(
+    labels: salvage_hnsw.LabelMap,
+    records: list[salvage_sqlite.RecordRow],
+    live: Any,
+    unsettled: set[str] | frozenset[str] = frozenset(),
+) -> tuple[dict[str, int], str]:
+    """Labels for the records an incomplete label map lacks, where they can be shown.
+
+    chromadb hands out HNSW labels (1, 2, ...) and `embeddings` rowids in the same queue
+    order, one each per record it creates, and a deleted record leaves both sequences
+    (its label marked deleted). So among the records the HNSW holds, label order is rowid
+    order. The map's readable entries are anchors, spread over the whole map (its order
+    is a hash order): they must all be in that order, or nothing is derived; between two
+    consecutive anchors, when the records and the live labels (`live`, sorted) number the
+    same, the k-th record has the k-th label. Any other gap stays unmapped. Records in
+    `unsettled` (created or deleted in the queue after the HNSW's position: their row or
+    label may be newer than the other side's) are neither anchors nor aligned. Returns
+    the derived map and a line for the report."""
+    order = sorted((r for r in records if r.id not in unsettled), key=lambda r: r.rowid)
+    rank = {r.id: k for k, r in enumerate(order)}
+    live_list = [int(x) for x in live]
+    slot = {label: j for j, label in enumerate(live_list)}
+    anchors = sorted(
+        (rank[rid], slot[label]) for rid, label in labels.labels.items() if rid in rank and label in slot
+    )
+    if len(anchors) < 2:
+        return {}, "label map incomplete: too few readable entries to derive the rest"
+    if any(b[1] <= a[1] for a, b in pairwise(anchors)):
+        return {}, "label map incomplete: its entries do not follow insertion order, nothing derived"
+    taken = set(labels.labels.values())
+    derived: dict[str, int] = {}
+    gaps = unresolved = 0
+    for (ra, la), (rb, lb) in pairwise(anchors):
+        n = rb - ra - 1
+        if n == 0 and lb - la - 1 == 0:
+            continue
+        gaps += 1
+        pairs = [(order[ra + k].id, live_list[la + k]) for k in range(1, n + 1)]
+        if n != lb - la - 1 or any(
+            rid in labels.labels or rid in labels.conflicts or label in taken for rid, label in pairs
+        ):
+            unresolved += 1
+            continue
+        derived.update(pairs)
+    return derived, (
+        f"label map incomplete: {len(derived)} labels derived from insertion order between "
+        f"{len(anchors)} readable entries ({unresolved} of {gaps} gaps left unmapped)"
+    )
+
+
+def _unsettled(queue: dict[str, list[QueueRow]], position: int | None) -> set[str]:
+    """Ids the queue creates or deletes after the HNSW's position (all, without one)."""
+    return {
+        rid
+        for rid, rows in queue.items()
+        if any(
+            r.operation in (ADD, UPSERT, DELETE) and (position is None or r.seq_id > position) for r in rows
+        )
+    }
 
 
 def _stale(

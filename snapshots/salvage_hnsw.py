@@ -12,6 +12,7 @@ code (`REASONS`), never guessed. The files are only read (no symlink is followed
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat
@@ -60,6 +61,8 @@ class LabelMap:
     error: str | None = None
     conflicts: set[str] = field(default_factory=set)
     """Ids left out because the two maps disagree about them."""
+    derived: set[str] = field(default_factory=set)
+    """Ids whose label was derived, not read (`salvage.derive_labels`)."""
 
 
 def parse_label_map(data: bytes) -> LabelMap:
@@ -211,16 +214,83 @@ def read_label_map(folder: Path) -> LabelMap:
     return parse_label_map(raw)
 
 
+@dataclass
+class Level0:
+    """An opened vector segment: geometry, and the fields of its first `count` records."""
+
+    header: hnsw.HnswHeader
+    count: int
+    labels: Any
+    deleted: Any
+    vectors: Any
+    lengths: Any
+    positions: dict[int, int]
+    duplicates: set[int]
+    maps: list[mmap.mmap]
+
+    def close(self) -> None:
+        """Drop the views, then unmap (a view still held elsewhere keeps its map alive)."""
+        self.vectors = self.lengths = None
+        for mm in self.maps:
+            with contextlib.suppress(BufferError):
+                mm.close()
+        self.maps = []
+
+    def live_labels(self) -> Any:
+        """Sorted labels carried by exactly one record not marked deleted."""
+        import numpy as np
+
+        pos = np.fromiter(self.positions.values(), dtype=np.int64, count=len(self.positions))
+        return np.sort(self.labels[pos[~self.deleted[pos]]])
+
+
+def open_level0(folder: Path, dimension: int | None) -> tuple[Level0 | None, str | None, list[str]]:
+    """(the opened segment, None, problems) or (None, the status of every record, problems)."""
+    problems: list[str] = []
+    try:
+        raw = _read_small(folder / "header.bin", hnsw.HEADER_SIZE)
+    except OSError as exc:
+        raw = None
+        problems.append(f"header.bin: {exc}")
+    h = hnsw.parse_geometry(raw or b"")
+    if h is None or h.version != 1:
+        return None, "header_unreadable", [*problems, "header.bin is missing or implausible"]
+    if dimension is not None and h.dimension != dimension:
+        why = f"header.bin says dimension {h.dimension}, the collection {dimension}"
+        return None, "dimension_mismatch", [why]
+    maps: list[mmap.mmap] = []
+    try:
+        level0, mm = _map(folder / "data_level0.bin")
+        maps += [mm] if mm is not None else []
+        lengths_raw, mm = _map(folder / "length.bin")
+        maps += [mm] if mm is not None else []
+    except OSError as exc:
+        for m in maps:
+            m.close()
+        return None, "no_record", [str(exc)]
+    in_file = len(level0) // h.size_data_per_element
+    count = min(h.cur_element_count, in_file)
+    if h.cur_element_count > in_file:
+        problems.append(
+            f"header.bin counts {h.cur_element_count} elements, data_level0.bin holds {in_file} records"
+        )
+    labels, deleted, vectors = hnsw.level0_fields(level0, h, count)
+    positions, duplicates = hnsw.label_positions(labels)
+    lengths = lengths_raw[: len(lengths_raw) // 4 * 4].view("<f4")
+    return Level0(h, count, labels, deleted, vectors, lengths, positions, duplicates, maps), None, problems
+
+
 def read_segment(
     folder: Path,
     space: str,
     dimension: int | None,
     ids: set[str] | None = None,
     labels: LabelMap | None = None,
+    level0: Level0 | None = None,
 ) -> SegmentRead:
     """Read and verify the vectors of `ids` (default: every id the label map holds) from
     one vector segment folder. `space` is the collection's ("cosine", "l2", "ip");
-    `labels`, if given, is the folder's label map already read."""
+    `labels` and `level0`, if given, are the folder's label map and opened records."""
     out = SegmentRead(folder=str(folder), space=space, dimension=dimension)
     out.labels = labels if labels is not None else read_label_map(folder)
     if out.labels.error:
@@ -228,55 +298,25 @@ def read_segment(
     wanted = set(out.labels.labels) if ids is None else {i for i in ids if i in out.labels.labels}
     if not wanted:
         return out
-    maps: list[mmap.mmap] = []
+    opened, status, problems = (level0, None, []) if level0 is not None else open_level0(folder, dimension)
+    out.problems += problems
+    if opened is None:
+        for rid in wanted:
+            out.vectors[rid] = VectorRead(str(status), label=out.labels.labels[rid])
+        return out
     try:
-        _read_vectors(folder, out, wanted, maps)
+        _read_vectors(opened, out, wanted)
     finally:
-        for mm in maps:
-            mm.close()
+        if level0 is None:
+            opened.close()
     return out
 
 
-def _read_vectors(folder: Path, out: SegmentRead, wanted: set[str], maps: list[mmap.mmap]) -> None:
+def _read_vectors(seg: Level0, out: SegmentRead, wanted: set[str]) -> None:
     import numpy as np
 
-    def fail(status: str) -> None:
-        for rid in wanted:
-            out.vectors[rid] = VectorRead(status, label=out.labels.labels[rid])
-
-    try:
-        raw = _read_small(folder / "header.bin", hnsw.HEADER_SIZE)
-    except OSError as exc:
-        raw = None
-        out.problems.append(f"header.bin: {exc}")
-    h = hnsw.parse_geometry(raw or b"")
-    if h is None or h.version != 1:
-        out.problems.append("header.bin is missing or implausible")
-        return fail("header_unreadable")
-    out.header = h
-    if out.dimension is not None and h.dimension != out.dimension:
-        out.problems.append(f"header.bin says dimension {h.dimension}, the collection {out.dimension}")
-        return fail("dimension_mismatch")
-    try:
-        level0, mm = _map(folder / "data_level0.bin")
-        if mm is not None:
-            maps.append(mm)
-        lengths_raw, mm = _map(folder / "length.bin")
-        if mm is not None:
-            maps.append(mm)
-    except OSError as exc:
-        out.problems.append(str(exc))
-        return fail("no_record")
-    in_file = len(level0) // h.size_data_per_element
-    count = min(h.cur_element_count, in_file)
-    if h.cur_element_count > in_file:
-        out.problems.append(
-            f"header.bin counts {h.cur_element_count} elements, data_level0.bin holds {in_file} records"
-        )
-    out.elements = count
-    lengths = lengths_raw[: len(lengths_raw) // 4 * 4].view("<f4")
-    labels, deleted, vectors = hnsw.level0_fields(level0, h, count)
-    positions, duplicates = hnsw.label_positions(labels)
+    out.header, out.elements = seg.header, seg.count
+    lengths, deleted, positions, duplicates = seg.lengths, seg.deleted, seg.positions, seg.duplicates
     cosine = out.space == "cosine"
     todo: list[tuple[str, int, int]] = []
     for rid in wanted:
@@ -296,7 +336,7 @@ def _read_vectors(folder: Path, out: SegmentRead, wanted: set[str], maps: list[m
     for i in range(0, len(todo), CHUNK):
         part = todo[i : i + CHUNK]
         where = np.fromiter((t[2] for t in part), dtype=np.int64, count=len(part))
-        vec = vectors[where]
+        vec = seg.vectors[where]
         finite = np.isfinite(vec).all(axis=1)
         zero = ~(vec != 0).any(axis=1)
         status = np.where(finite, np.where(zero, "zero_vector", OK), "non_finite").astype(object)

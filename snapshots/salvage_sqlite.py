@@ -217,6 +217,9 @@ class RecordRow:
 
     id: str
     seq_id: int
+    rowid: int = 0
+    """`embeddings.id`: chromadb inserts records in queue order, so this orders them as
+    their HNSW labels were handed out."""
     document: str | None = None
     metadata: dict[str, Any] | None = None
     uri: str | None = None
@@ -237,7 +240,7 @@ def read_records(
     for rowid, rid, raw in db.execute(
         "SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ?", (coll.metadata_segment,)
     ):
-        by_rowid[int(rowid)] = RecordRow(str(rid), seq(raw))
+        by_rowid[int(rowid)] = RecordRow(str(rid), seq(raw), int(rowid))
     if health.ok("embedding_metadata"):
         for rowid, key, sv, iv, fv, bv in db.execute(
             "SELECT m.id, m.key, m.string_value, m.int_value, m.float_value, m.bool_value "
