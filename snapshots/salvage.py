@@ -72,7 +72,8 @@ class RecordSalvage:
     queue_seq_id: int | None = None
     label: int | None = None
     label_derived: bool = False
-    """The HNSW label came from `derive_labels`, not from index_metadata.pickle."""
+    """The HNSW label was not read from this database's index_metadata.pickle: derived
+    (`derive_labels`) or taken from an older copy (`older_labels`)."""
 
 
 @dataclass
@@ -153,9 +154,40 @@ def copy_sqlite(
     return report
 
 
-def salvage(db_dir: Path, sqlite_copy: Path) -> Salvage:
+OlderLabels = dict[str, dict[str, tuple[int, int]]]
+"""collection id -> {record id: (HNSW label, seq_id)} from an older intact copy of the
+database (a snapshot): `older_labels`."""
+
+
+def older_labels(db_dir: Path, sqlite_copy: Path) -> OlderLabels:
+    """The label of every record of an intact older copy of the database (e.g. a
+    materialized snapshot), with its seq_id then. chromadb 1.0/1.5 never change a
+    record's label until it is deleted, so for a record whose seq_id is unchanged since,
+    the label is still its own: `salvage` uses these when the broken database's
+    index_metadata.pickle is truncated or empty."""
+    out: OlderLabels = {}
+    db = salvage_sqlite.connect(sqlite_copy)
+    try:
+        health = salvage_sqlite.check_tables(db)
+        colls, _ = salvage_sqlite.read_collections(db, health)
+        for info in colls:
+            folder = _segment_folder(db_dir, info.vector_segment or "")
+            if folder is None:
+                continue
+            labels = salvage_hnsw.read_label_map(folder)
+            records, _ = salvage_sqlite.read_records(db, info, health)
+            if not labels.complete or records is None:
+                continue
+            out[info.id] = {r.id: (labels.labels[r.id], r.seq_id) for r in records if r.id in labels.labels}
+    finally:
+        db.close()
+    return out
+
+
+def salvage(db_dir: Path, sqlite_copy: Path, older: OlderLabels | None = None) -> Salvage:
     """Everything recoverable from the database at `db_dir`, whose chroma.sqlite3 was
-    copied (hot journal rolled back) to `sqlite_copy`."""
+    copied (hot journal rolled back) to `sqlite_copy`. `older` (from `older_labels` of
+    a snapshot of the same database) completes a damaged label map."""
     db = salvage_sqlite.connect(sqlite_copy)
     try:
         health = salvage_sqlite.check_tables(db)
@@ -173,7 +205,7 @@ def salvage(db_dir: Path, sqlite_copy: Path) -> Salvage:
         out.problems += problems
         for info in colls:
             try:
-                out.collections.append(_collection(db, db_dir, info, health))
+                out.collections.append(_collection(db, db_dir, info, health, (older or {}).get(info.id)))
             except (sqlite3.DatabaseError, MemoryError) as exc:  # a table that passed its check
                 cs = CollectionSalvage(info)
                 cs.problems.append(f"cannot read: {type(exc).__name__}: {exc}")
@@ -190,7 +222,13 @@ def _segment_folder(db_dir: Path, segment_id: str) -> Path | None:
     return db_dir / segment_id
 
 
-def _collection(db: Any, db_dir: Path, info: CollectionInfo, health: TableHealth) -> CollectionSalvage:
+def _collection(
+    db: Any,
+    db_dir: Path,
+    info: CollectionInfo,
+    health: TableHealth,
+    older: dict[str, tuple[int, int]] | None = None,
+) -> CollectionSalvage:
     cs = CollectionSalvage(info)
     records, problems = salvage_sqlite.read_records(db, info, health)
     cs.problems += problems
@@ -211,6 +249,8 @@ def _collection(db: Any, db_dir: Path, info: CollectionInfo, health: TableHealth
     if position is None and labels.max_seq_id is not None:
         position = labels.max_seq_id
         cs.problems.append("vector position taken from the pickle's legacy max_seq_id")
+    if older and folder is not None and not labels.complete:
+        cs.problems.append(_take_older(labels, records, older))
     level0 = None
     if folder is not None and labels.labels and not labels.complete:
         level0, _status, _problems = salvage_hnsw.open_level0(folder, info.dimension)
@@ -239,6 +279,7 @@ def _collection(db: Any, db_dir: Path, info: CollectionInfo, health: TableHealth
             f"the HNSW files lack {stale} records that max_seq_id says they hold: "
             "they are older than chroma.sqlite3, no vector is taken from them"
         )
+    salvage_sqlite.load_vectors(db, [d for _k, d in plans if isinstance(d, QueueRow)])
     cs.records = []
     for rec, (kind, detail) in zip(records, plans, strict=True):
         out = RecordSalvage(rec.id, rec.seq_id, rec.document, rec.metadata, rec.uri)
@@ -252,7 +293,7 @@ def _collection(db: Any, db_dir: Path, info: CollectionInfo, health: TableHealth
                 out.embedding = returned_embedding(vec, info.space)
         elif kind == HNSW:
             got = cs.segment.read(rec.id)
-            out.label, out.label_derived = got.label, rec.id in labels.derived
+            out.label, out.label_derived = got.label, rec.id in labels.derived or rec.id in labels.older
             if folder is None:
                 out.reason = "no_vector_segment"
             elif stale:
@@ -267,6 +308,31 @@ def _collection(db: Any, db_dir: Path, info: CollectionInfo, health: TableHealth
     return cs
 
 
+def _take_older(
+    labels: salvage_hnsw.LabelMap, records: list[salvage_sqlite.RecordRow], older: dict[str, tuple[int, int]]
+) -> str:
+    """Add to an incomplete map the older copy's labels of records whose seq_id has not
+    changed since; none at all if the older copy contradicts the readable entries."""
+    for rid, label in labels.labels.items():
+        got = older.get(rid)
+        if got is not None and got[0] != label:
+            return "label map incomplete: the older copy's labels contradict it, none taken"
+    taken = set(labels.labels.values())
+    added = {}
+    for rec in records:
+        got = older.get(rec.id)
+        if got is None or got[1] != rec.seq_id or rec.id in labels.labels or rec.id in labels.conflicts:
+            continue
+        if got[0] in taken:
+            continue
+        added[rec.id] = got[0]
+    if len(set(added.values())) != len(added):
+        return "label map incomplete: the older copy gives one label to two records, none taken"
+    labels.labels.update(added)
+    labels.older = set(added)
+    return f"label map incomplete: {len(added)} labels taken from the older copy (records unchanged since)"
+
+
 def derive_labels(
     labels: salvage_hnsw.LabelMap,
     records: list[salvage_sqlite.RecordRow],
@@ -279,9 +345,10 @@ def derive_labels(
     order, one each per record it creates, and a deleted record leaves both sequences
     (its label marked deleted). So among the records the HNSW holds, label order is rowid
     order. The map's readable entries are anchors, spread over the whole map (its order
-    is a hash order): they must all be in that order, or nothing is derived; between two
-    consecutive anchors, when the records and the live labels (`live`, sorted) number the
-    same, the k-th record has the k-th label. Any other gap stays unmapped. Records in
+    is a hash order): there must be two, all in that order, or nothing is derived; between
+    two consecutive anchors (and before the first and after the last: both sequences
+    start and end together), when the records and the live labels (`live`, sorted) number
+    the same, the k-th record has the k-th label. Any other gap stays unmapped. Records in
     `unsettled` (created or deleted in the queue after the HNSW's position: their row or
     label may be newer than the other side's) are neither anchors nor aligned. Returns
     the derived map and a line for the report."""
@@ -299,7 +366,8 @@ def derive_labels(
     taken = set(labels.labels.values())
     derived: dict[str, int] = {}
     gaps = unresolved = 0
-    for (ra, la), (rb, lb) in pairwise(anchors):
+    ends = [(-1, -1), *anchors, (len(order), len(live_list))]  # both sequences start and end together
+    for (ra, la), (rb, lb) in pairwise(ends):
         n = rb - ra - 1
         if n == 0 and lb - la - 1 == 0:
             continue
@@ -379,14 +447,14 @@ def vector_source(
     for r in window:
         if r.operation == DELETE:
             exists, source = False, None
-        elif r.operation == UPSERT and r.vector is not None:
+        elif r.operation == UPSERT and r.carries_vector:
             exists, source = True, r
-        elif r.operation == ADD and r.vector is not None:
+        elif r.operation == ADD and r.carries_vector:
             if exists is False:
                 exists, source = True, r
             elif exists is UNKNOWN:
                 exists, source = True, "ambiguous_add"
-        elif r.operation == UPDATE and r.vector is not None and exists is not False:
+        elif r.operation == UPDATE and r.carries_vector and exists is not False:
             # if the record's existence is unknown here, the update took effect unless a
             # later row created the record, and a later add makes the case ambiguous
             source = r

@@ -63,6 +63,8 @@ class LabelMap:
     """Ids left out because the two maps disagree about them."""
     derived: set[str] = field(default_factory=set)
     """Ids whose label was derived, not read (`salvage.derive_labels`)."""
+    older: set[str] = field(default_factory=set)
+    """Ids whose label was taken from an older copy of the index (`salvage.older_labels`)."""
 
 
 def parse_label_map(data: bytes) -> LabelMap:

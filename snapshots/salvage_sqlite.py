@@ -278,40 +278,54 @@ def read_records(
 
 @dataclass
 class QueueRow:
-    """One row of the write-ahead queue."""
+    """One row of the write-ahead queue (its vector bytes loaded on demand)."""
 
     seq_id: int
     operation: int
     id: str
     vector: bytes | None
     encoding: str | None
+    has_vector: bool | None = None
+    """Whether the row carries a vector, when `vector` is not loaded yet."""
+
+    @property
+    def carries_vector(self) -> bool:
+        return self.vector is not None if self.has_vector is None else self.has_vector
 
     @property
     def sets_vector(self) -> bool:
         """An add, upsert or update that carries an embedding."""
-        return self.operation in (ADD, UPSERT, UPDATE) and self.vector is not None
+        return self.operation in (ADD, UPSERT, UPDATE) and self.carries_vector
 
 
 def read_queue(db: sqlite3.Connection, coll: CollectionInfo) -> dict[str, list[QueueRow]]:
-    """The queue rows of the collection's topic, by record id, in seq_id order."""
+    """The queue rows of the collection's topic, by record id, in seq_id order; vectors
+    are not loaded (`load_vectors`), so a queue that was never purged fits in memory."""
     out: dict[str, list[QueueRow]] = {}
-    for s, op, topic, rid, vector, encoding in db.execute(
-        "SELECT seq_id, operation, topic, id, vector, encoding FROM embeddings_queue "
+    for s, op, topic, rid, has, encoding in db.execute(
+        "SELECT seq_id, operation, topic, id, vector IS NOT NULL, encoding FROM embeddings_queue "
         "WHERE topic LIKE ? ORDER BY seq_id",
         (f"%/{coll.id}",),
     ):
         if not str(topic).endswith("/" + coll.id):
             continue
-        out.setdefault(str(rid), []).append(
-            QueueRow(
-                seq(s),
-                int(op),
-                str(rid),
-                bytes(vector) if vector is not None else None,
-                None if encoding is None else str(encoding),
-            )
-        )
+        enc = None if encoding is None else str(encoding)
+        row = QueueRow(seq(s), int(op), str(rid), None, enc, bool(has))
+        out.setdefault(str(rid), []).append(row)
     return out
+
+
+def load_vectors(db: sqlite3.Connection, rows: list[QueueRow]) -> None:
+    """Fill in the vector bytes of `rows`."""
+    for i in range(0, len(rows), BATCH):
+        part = {r.seq_id: r for r in rows[i : i + BATCH]}
+        marks = ",".join("?" * len(part))
+        for s, vector in db.execute(
+            f"SELECT seq_id, vector FROM embeddings_queue WHERE seq_id IN ({marks})", list(part)
+        ):
+            row = part.get(seq(s))
+            if row is not None:
+                row.vector = None if vector is None else bytes(vector)
 
 
 def decode_vector(row: QueueRow, dimension: int | None) -> tuple[Any, str | None]:

@@ -353,6 +353,36 @@ def test_truncated_pickle_loses_only_what_it_cannot_map(
     assert counts["lost"] == got["lost"]
 
 
+def test_an_emptied_pickle_is_completed_from_a_snapshots_labels(
+    broken: Path, changed: tuple[Path, Truth], base_db: Path, tmp_path: Path
+) -> None:
+    """A kill right after chromadb truncated the pickle to rewrite it leaves it empty (seen
+    for real by bench/salvage_probe.py): no label can be read. The database it was
+    changed from stands in for a snapshot: its labels of records unchanged since hold."""
+    (segment_of(broken) / "index_metadata.pickle").write_bytes(b"")
+    alone = run_salvage(broken, tmp_path)
+    assert set(lost(alone).values()) == {"label_map_unreadable"} and len(lost(alone)) > 2000
+    snap_sqlite = tmp_path / "snapshot.sqlite3"
+    salvage.copy_sqlite(base_db, snap_sqlite)
+    older = salvage.older_labels(base_db, snap_sqlite)
+    copy = tmp_path / "private.sqlite3"
+    copy.unlink()
+    salvage.copy_sqlite(broken, copy)
+    result = salvage.salvage(broken, copy, older)
+    counts = check(result, changed[1])
+    coll0 = next(c for c in result.collections if c.info.name == "coll0")
+    assert any("taken from the older copy" in p for p in coll0.problems)
+    by_id = {r.id: r for r in coll0.records or []}
+    kept = [i for i in range(10, 2480) if not (100 <= i < 130 or 200 <= i < 220)]  # deleted; in the queue
+    assert all(by_id[f"coll0-{i}"].source == "hnsw" for i in kept)
+    assert all(by_id[f"coll0-{i}"].label_derived for i in range(10, 100))  # updated since: by order
+    # created since the snapshot and before the persist: past the last anchor, where five
+    # labels of records deleted after the persist are still live, so that gap stays unmapped
+    assert {r.reason for r in coll0.records or [] if r.source is None} == {"label_map_unreadable"}
+    tail = {f"coll0-{i}" for i in [*range(2480, 2520), *range(5005, 6000)]}
+    assert set(lost(result)) <= tail and counts["lost"] > 1000
+
+
 def test_labels_are_derived_only_between_anchors_in_order() -> None:
     def rec(i: int) -> salvage_sqlite.RecordRow:
         return salvage_sqlite.RecordRow(f"r{i}", i, rowid=10 * i)
@@ -368,9 +398,23 @@ def test_labels_are_derived_only_between_anchors_in_order() -> None:
     # anchors out of insertion order: the premise fails, nothing is derived
     swapped = salvage_hnsw.LabelMap(labels={"r0": 1, "r4": 11, "r9": 6})
     assert salvage.derive_labels(swapped, records, live)[0] == {}
-    # a gap ending past the last anchor is never guessed
-    two = salvage_hnsw.LabelMap(labels={"r0": 1, "r4": 6})
-    assert "r9" not in salvage.derive_labels(two, records, live)[0]
+    # the ends are gaps too: both sequences start and end together
+    two = salvage_hnsw.LabelMap(labels={"r2": 3, "r4": 6})
+    assert salvage.derive_labels(two, records, live)[0] == {
+        "r0": 1,
+        "r1": 2,
+        "r3": 5,
+        "r5": 7,
+        "r6": 8,
+        "r7": 9,
+        "r8": 10,
+        "r9": 11,
+    }
+    # a live label past the last record (created or deleted since, say): the tail stays unmapped
+    longer = np.array([*live, 12])
+    assert set(salvage.derive_labels(two, records, longer)[0]) == {"r0", "r1", "r3"}
+    # a single readable entry cannot show the order holds: nothing is derived
+    assert salvage.derive_labels(salvage_hnsw.LabelMap(labels={"r2": 3}), records, live)[0] == {}
 
 
 def test_damaged_level0_pages(broken: Path, changed: tuple[Path, Truth], tmp_path: Path) -> None:
