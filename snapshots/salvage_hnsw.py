@@ -354,7 +354,6 @@ def _read_vectors(seg: Level0, out: SegmentRead, wanted: set[str]) -> None:
             )
         else:
             returned = vec
-        for j, (rid, label, p) in enumerate(part):
-            st = str(status[j])
-            emb = returned[j].astype("<f4").tobytes() if st == OK else None
-            out.vectors[rid] = VectorRead(st, label, p, emb)
+        rows = np.ascontiguousarray(returned, dtype="<f4")
+        for j, ((rid, label, p), st) in enumerate(zip(part, status.tolist(), strict=True)):
+            out.vectors[rid] = VectorRead(st, label, p, rows[j].tobytes() if st == OK else None)
