@@ -188,7 +188,12 @@ def salvage(db_dir: Path, sqlite_copy: Path, older: OlderLabels | None = None) -
     """Everything recoverable from the database at `db_dir`, whose chroma.sqlite3 was
     copied (hot journal rolled back) to `sqlite_copy`. `older` (from `older_labels` of
     a snapshot of the same database) completes a damaged label map."""
-    db = salvage_sqlite.connect(sqlite_copy)
+    try:
+        db = salvage_sqlite.connect(sqlite_copy)
+    except sqlite3.Error as exc:
+        out = Salvage(TableHealth(schema_error=f"{type(exc).__name__}: {exc}"))
+        out.problems.append(f"chroma.sqlite3 cannot be opened: {exc}")
+        return out
     try:
         health = salvage_sqlite.check_tables(db)
         out = Salvage(health)

@@ -509,6 +509,14 @@ def test_failing_metadata_table_keeps_ids_and_vectors(changed: tuple[Path, Truth
     assert all(r.document is None and r.metadata is None for r in coll0.records or [])
 
 
+def test_an_unreadable_sqlite_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"not a database" * 1000)
+    for path in (garbage, tmp_path / "missing.sqlite3"):
+        result = salvage.salvage(tmp_path, path)
+        assert result.collections == [] and result.health.schema_error and result.problems
+
+
 def test_queue_vectors_are_checked() -> None:
     good = np.arange(4, dtype="<f4").tobytes()
     assert salvage_sqlite.decode_vector(QueueRow(1, ADD, "a", good, "FLOAT32"), 4)[1] is None
