@@ -687,7 +687,8 @@ class SnapshotManager:
             removed = [e for e in entries if not e.keep]
             if snaps and not kept:
                 raise UsageError("this policy would keep no snapshot at all; refused")
-            usage = gc.usage(repo, snaps)
+            refs = gc.References(repo)  # shared with gc below: each chunk list is read once
+            usage = gc.usage(repo, snaps, refs)
             result = gc.PruneResult(
                 kept=kept,
                 removed=removed,
@@ -703,7 +704,7 @@ class SnapshotManager:
                     crash_point("prune-removed-one")
                 live = [s for s in snaps if reasons[s.id]]
                 # ... objects after
-                result.reclaimed_bytes, result.repacked_packs, result.deleted_packs = gc.gc(repo, live)
+                result.reclaimed_bytes, result.repacked_packs, result.deleted_packs = gc.gc(repo, live, refs)
             if rules.keep_replaced and self.db_path is not None:
                 result.purged_kept_dirs = self._prune_kept(parse_replaced(rules.keep_replaced), dry_run)
         result.duration_s = time.monotonic() - t0
