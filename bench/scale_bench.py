@@ -155,7 +155,7 @@ class Bench:
         self.runs: int = args.runs
         self.figures: set[str] = args.figures
         self.rep = rep
-        self.root = CACHE / "scale-work"
+        self.root = CACHE / f"scale-work-{os.getpid()}"  # concurrent runs never share it
         self.rss: dict[str, dict[str, int]] = {}  # workload -> operation -> KiB
         self.full_s: dict[str, float] = {}
 
@@ -318,6 +318,7 @@ class Bench:
             shutil.rmtree(pstore)
         shutil.rmtree(work / "untar", ignore_errors=True)
         tarball.unlink(missing_ok=True)
+        rep.note(f"{label}: peak RSS MiB " + ", ".join(f"{op} {kib / MIB:.0f}" for op, kib in rss.items()))
 
     # --- 200 snapshots of large: list, diff, find, prune ------------------------------------
 
