@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -49,6 +50,9 @@ WORKLOADS: dict[str, dict[str, int]] = {
     # small stand-ins, to try the scale bench in a minute (`--large mini --wide miniwide`)
     "mini": {"records": 2_500, "collections": 4},
     "miniwide": {"records": 1_000, "collections": 20},
+    # as many collections as `wide`, 20 records each: what grows with the number of collections
+    "widesmall": {"records": 20, "collections": 1_000},
+    "pairsmall": {"records": 20, "collections": 2},
 }
 
 
@@ -59,31 +63,40 @@ def workload(name: str, python: str = sys.executable) -> Path:
     path = CACHE / name / "chroma"
     done = path.parent / ".ready"
     if not done.exists():
-        # an interrupted build (killed between two of chromadb's writes) is resumed
-        building = path.parent / ".building"
-        earlier = float(building.read_text() or 0) if building.exists() and path.exists() else None
-        if earlier is None:
-            shutil.rmtree(path.parent, ignore_errors=True)
-            path.parent.mkdir(parents=True)
-            building.write_text("0")
-        print(f"building workload {name} ({spec['collections']} x {spec['records']} records) ...", flush=True)
-        cmd = [python, sample.__file__, "build", str(path), "--records", str(spec["records"])]
-        cmd += ["--collections", str(spec["collections"]), "--progress"]
-        cmd += ["--resume"] if earlier is not None else []
-        t0 = time.perf_counter()
-        with (path.parent / "build.log").open("a") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                code = proc.wait()
-            finally:  # the time spent so far counts when a later run resumes
-                building.write_text(str((earlier or 0) + time.perf_counter() - t0))
-        if code != 0:
-            raise SystemExit(f"building workload {name} failed ({code}): see {path.parent / 'build.log'}")
-        build_s = round(float(building.read_text()), 1)
-        info = {**spec, "build_s": build_s, "built_at": time.strftime("%F %T")}
-        done.write_text(json.dumps(info))
-        building.unlink()
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with (CACHE / f".{name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a second bench run waits for the build, never joins it
+            if not done.exists():
+                _build(name, spec, path, python)
     return path
+
+
+def _build(name: str, spec: dict[str, int], path: Path, python: str) -> None:
+    done = path.parent / ".ready"
+    # an interrupted build (killed between two of chromadb's writes) is resumed
+    building = path.parent / ".building"
+    earlier = float(building.read_text() or 0) if building.exists() and path.exists() else None
+    if earlier is None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        path.parent.mkdir(parents=True)
+        building.write_text("0")
+    print(f"building workload {name} ({spec['collections']} x {spec['records']} records) ...", flush=True)
+    cmd = [python, sample.__file__, "build", str(path), "--records", str(spec["records"])]
+    cmd += ["--collections", str(spec["collections"]), "--progress"]
+    cmd += ["--resume"] if earlier is not None else []
+    t0 = time.perf_counter()
+    with (path.parent / "build.log").open("a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait()
+        finally:  # the time spent so far counts when a later run resumes
+            building.write_text(str((earlier or 0) + time.perf_counter() - t0))
+    if code != 0:
+        raise SystemExit(f"building workload {name} failed ({code}): see {path.parent / 'build.log'}")
+    build_s = round(float(building.read_text()), 1)
+    info = {**spec, "build_s": build_s, "built_at": time.strftime("%F %T")}
+    done.write_text(json.dumps(info))
+    building.unlink()
 
 
 def workload_info(name: str) -> dict[str, object]:
