@@ -109,6 +109,9 @@ class SnapshotManager:
         self.problems: list[str] = []
         """Messages about unreadable snapshots found by the last `list()`."""
         self.last_duration_s = 0.0
+        self._seen: dict[str, tuple[datetime, str] | None] = {}
+        """Snapshot id -> (created_at, source), for `_parent`: each document is read once."""
+        self._last: Snapshot | None = None
 
     # --- reading ------------------------------------------------------------------
 
@@ -193,6 +196,7 @@ class SnapshotManager:
             snap.id = snapshot_id(snap)
             repo.save_snapshot(snap)
             repo.catalog_add(snap.id)
+            self._seen[snap.id], self._last = (snap.created_at, snap.source), snap
             self.last_duration_s = time.monotonic() - t0
             return snap
 
@@ -202,9 +206,32 @@ class SnapshotManager:
         return self.db_path
 
     def _parent(self, repo: Repository) -> Snapshot | None:
-        snaps, _ = repo.snapshots()
-        same = [s for s in snaps if s.source == str(self.db_path)]
-        return same[-1] if same else None
+        """The newest snapshot of this database. A document's creation time and source never
+        change, so a manager reads each document once: every snapshot used to read them all,
+        a cost growing with the store's history."""
+        ids = repo.snapshot_ids()
+        for sid in ids:
+            if sid not in self._seen:
+                try:
+                    s = repo.load_snapshot(sid)
+                except StoreError:
+                    self._seen[sid] = None  # unreadable: never a parent (as before)
+                    continue
+                self._seen[sid] = (s.created_at, s.source)
+                if s.source == str(self.db_path):
+                    self._last = s
+        live = set(ids)
+        same = [
+            (meta[0], sid)
+            for sid, meta in self._seen.items()
+            if meta is not None and sid in live and meta[1] == str(self.db_path)
+        ]
+        if not same:
+            return None
+        newest = max(same)[1]
+        if self._last is not None and self._last.id == newest:
+            return self._last
+        return repo.load_snapshot(newest)
 
     def extract(self, ref: str, target: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Write snapshot `ref` into `target`, a new or empty directory; every byte is checked."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chromasnap.manifest import HnswSplitList
+from chromasnap.manifest import HnswSplitList, Snapshot
 from chromasnap.snapshots import CaptureError, SnapshotManager
 from chromasnap.snapshots.hnsw import parse_header
 from conftest import counts, run_sample, tree_bytes
@@ -346,3 +346,32 @@ def test_wal_state_reads_the_queue_once_for_any_number_of_collections(tmp_path: 
     queue = [q for q in statements if "embeddings_queue " in q or q.endswith("embeddings_queue")]
     scans = [q for q in queue if "NOT EXISTS" not in q]  # the lag check looks rows up by seq_id
     assert len(scans) <= 2 and not any("LIKE" in q for q in statements), scans
+
+
+def test_a_manager_reads_each_snapshot_document_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding the parent read every document of the store on every snapshot, so before_write
+    in a long-lived process slowed down with the store's history (issue 20). A manager now
+    reads the documents it has not seen, and the parent is still the newest of the database."""
+    from collections import Counter
+
+    from chromasnap.snapshots.repository import Repository
+
+    mgr = SnapshotManager(db)
+    mgr.snapshot()
+    other = SnapshotManager(db)  # another process's snapshots in between
+    theirs = [other.snapshot() for _ in range(3)]
+    reads: Counter[str] = Counter()
+    load = Repository.load_snapshot
+
+    def counting(self: Repository, snap_id: str) -> Snapshot:
+        reads[snap_id] += 1
+        return load(self, snap_id)
+
+    monkeypatch.setattr(Repository, "load_snapshot", counting)  # counts, then reads for real
+    mine = mgr.snapshot()
+    assert mine.parent == theirs[-1].id
+    assert set(reads) <= {t.id for t in theirs} and reads[theirs[-1].id] <= 2
+    reads.clear()
+    chain = [mine] + [mgr.snapshot() for _ in range(3)]
+    assert [s.parent for s in chain[1:]] == [s.id for s in chain[:-1]]
+    assert not reads
