@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from .repository import BlobWriter, Repository
 
 Record = tuple[str, int]
 """(record id, seq_id)."""
+CACHED_CHUNKS = 64
+"""Record chunks a RecordSource keeps parsed (about 512 records each)."""
 Hashes = tuple[str | None, str]
 """(document hash or None, metadata hash) of one version of a record."""
 
@@ -162,7 +165,9 @@ class RecordSource:
 
     repo: Repository | None = None
     memory: dict[str, bytes] = field(default_factory=dict)
-    cache: dict[str, list[Record]] = field(default_factory=dict)
+    cache: OrderedDict[str, list[Record]] = field(default_factory=OrderedDict)
+    """The CACHED_CHUNKS chunks read last (find reads the same chunk in snapshot after
+    snapshot); holding every chunk read made a diff's memory grow with the collection."""
     vcache: dict[str, dict[tuple[int, str], Hashes]] = field(default_factory=dict)
 
     def _raw(self, key: str) -> Any:
@@ -178,11 +183,15 @@ class RecordSource:
 
     def chunk(self, key: str) -> list[Record]:
         got = self.cache.get(key)
-        if got is None:
-            try:
-                got = self.cache[key] = [(str(r[0]), int(r[1])) for r in self._raw(key)]
-            except (TypeError, IndexError, ValueError) as exc:
-                raise StoreError(f"record chunk {key[:16]} is not a record list ({exc})") from None
+        if got is not None:
+            self.cache.move_to_end(key)
+            return got
+        try:
+            got = self.cache[key] = [(str(r[0]), int(r[1])) for r in self._raw(key)]
+        except (TypeError, IndexError, ValueError) as exc:
+            raise StoreError(f"record chunk {key[:16]} is not a record list ({exc})") from None
+        if len(self.cache) > CACHED_CHUNKS:
+            self.cache.popitem(last=False)
         return got
 
     def versions(self, key: str) -> dict[tuple[int, str], Hashes]:
@@ -212,6 +221,8 @@ class Side:
         from .sqlite_copy import record_hashes
 
         out: dict[str, Hashes] = {}
+        if not recs:
+            return out
         missing: list[str] = []
         chunks = [
             self.source.versions(v.key) for v in reversed(self.index.versions) if v.collection == view.id
