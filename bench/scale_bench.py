@@ -450,6 +450,7 @@ def main() -> int:
     ap.add_argument("--large", default="large", help="workload used as large (mini to try the script)")
     ap.add_argument("--wide", default="wide", help="workload used as wide (miniwide to try the script)")
     ap.add_argument("--pair", default="pair", help="the 2-collection database wide is compared with")
+    ap.add_argument("--keep-work", action="store_true", help="keep the working copies and stores")
     args = ap.parse_args()
     args.figures = set(args.figures.split(","))
     wl = args.workloads.split(",")
@@ -484,7 +485,10 @@ def main() -> int:
         rep.note(
             f"stage {name}: {time.perf_counter() - t:.0f} s; load {os.getloadavg()[0]:.1f}, {pressure()}"
         )
-    shutil.rmtree(bench.root, ignore_errors=True)
+    if args.keep_work:
+        rep.note(f"working copies and stores kept in {bench.root}")
+    else:
+        shutil.rmtree(bench.root, ignore_errors=True)
     assert "chromadb" not in sys.modules, "chromadb must only be imported by child processes"
     print(f"\n== summary ({time.perf_counter() - t0:.0f} s): {shlex.join([sys.executable, *sys.argv])}")
     for line in rep.lines:
