@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import statistics
@@ -38,6 +40,69 @@ def bench_db(python: str = sys.executable, records: tuple[int, ...] = RECORDS) -
         )
         done.write_text("ok")
     return path
+
+
+# The scale workloads of issue 20: records per collection, repeated `collections` times.
+WORKLOADS: dict[str, dict[str, int]] = {
+    "large": {"records": 250_000, "collections": 4},  # 1M records, about 3 GB
+    "wide": {"records": 1_000, "collections": 1_000},  # 1,000 collections of 1,000 records
+    "pair": {"records": 1_000, "collections": 2},  # what `wide` is compared with
+    # small stand-ins, to try the scale bench in a minute (`--large mini --wide miniwide`)
+    "mini": {"records": 2_500, "collections": 4},
+    "miniwide": {"records": 1_000, "collections": 20},
+    # as many collections as `wide`, 20 records each: what grows with the number of collections
+    "widesmall": {"records": 20, "collections": 1_000},
+    "pairsmall": {"records": 20, "collections": 2},
+}
+
+
+def workload(name: str, python: str = sys.executable) -> Path:
+    """A scale workload's database, built once (about an hour for `large` on 2 busy cores) and
+    cached under CACHE/<name>; its build log and `.ready` (build seconds) sit beside it."""
+    spec = WORKLOADS[name]
+    path = CACHE / name / "chroma"
+    done = path.parent / ".ready"
+    if not done.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with (CACHE / f".{name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a second bench run waits for the build, never joins it
+            if not done.exists():
+                _build(name, spec, path, python)
+    return path
+
+
+def _build(name: str, spec: dict[str, int], path: Path, python: str) -> None:
+    done = path.parent / ".ready"
+    # an interrupted build (killed between two of chromadb's writes) is resumed
+    building = path.parent / ".building"
+    earlier = float(building.read_text() or 0) if building.exists() and path.exists() else None
+    if earlier is None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        path.parent.mkdir(parents=True)
+        building.write_text("0")
+    print(f"building workload {name} ({spec['collections']} x {spec['records']} records) ...", flush=True)
+    cmd = [python, sample.__file__, "build", str(path), "--records", str(spec["records"])]
+    cmd += ["--collections", str(spec["collections"]), "--progress"]
+    cmd += ["--resume"] if earlier is not None else []
+    t0 = time.perf_counter()
+    with (path.parent / "build.log").open("a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait()
+        finally:  # the time spent so far counts when a later run resumes
+            building.write_text(str((earlier or 0) + time.perf_counter() - t0))
+    if code != 0:
+        raise SystemExit(f"building workload {name} failed ({code}): see {path.parent / 'build.log'}")
+    build_s = round(float(building.read_text()), 1)
+    info = {**spec, "build_s": build_s, "built_at": time.strftime("%F %T")}
+    done.write_text(json.dumps(info))
+    building.unlink()
+
+
+def workload_info(name: str) -> dict[str, object]:
+    """What `workload` wrote when it built `name` (records, build seconds, date)."""
+    data: dict[str, object] = json.loads((CACHE / name / ".ready").read_text())
+    return data
 
 
 def fresh_copy(src: Path, dest: Path) -> Path:

@@ -265,6 +265,43 @@ def _fields(x: rx.Hashes | None, y: rx.Hashes | None, seq_moved: bool) -> list[s
     return out or (["embedding"] if seq_moved else [])
 
 
+DIFF_BATCH = 4096
+"""Records whose versions are compared at a time: a diff holds this many, not the collection."""
+
+
+class _Unsorted(Exception):
+    """A record stream that is not in strictly increasing id order."""
+
+
+def _merged(a: Iterator[rx.Record], b: Iterator[rx.Record]) -> Iterator[tuple[str, int | None, int | None]]:
+    """(id, seq_id on the left or None, seq_id on the right or None) of two record streams in
+    id order (a record index keeps each collection's records sorted by id), one record of each
+    in memory: holding both sides whole made a diff's memory grow with the collection."""
+    last: list[str | None] = [None, None]
+
+    def step(it: Iterator[rx.Record], side: int) -> rx.Record | None:
+        rec = next(it, None)
+        if rec is not None:
+            prev = last[side]
+            if prev is not None and rec[0] <= prev:
+                raise _Unsorted
+            last[side] = rec[0]
+        return rec
+
+    x, y = step(a, 0), step(b, 1)
+    while x is not None or y is not None:
+        if y is None or (x is not None and x[0] < y[0]):
+            assert x is not None
+            yield x[0], x[1], None
+            x = step(a, 0)
+        elif x is None or y[0] < x[0]:
+            yield y[0], None, y[1]
+            y = step(b, 1)
+        else:
+            yield x[0], x[1], y[1]
+            x, y = step(a, 0), step(b, 1)
+
+
 def _collection_diff(name: str, sa: rx.Side, sb: rx.Side, want_ids: bool, limit: int) -> CollectionDiff:
     va, vb = sa.views.get(name), sb.views.get(name)
     ids = RecordIds() if want_ids else None
@@ -295,29 +332,57 @@ def _collection_diff(name: str, sa: rx.Side, sb: rx.Side, want_ids: bool, limit:
         return cd
     same = va.id == vb.id
     skip = va.keys() & vb.keys() if same else set()  # shared chunks hold the same records
-    left = dict(va.all(skip))
-    right = dict(vb.all(skip))
-    both = sorted(left.keys() & right.keys())
-    # within one collection a record changed iff its seq_id moved; a recreated collection's
-    # records are compared by content (their seq_ids say nothing about each other)
-    moved = [rid for rid in both if left[rid] != right[rid]] if same else both
-    ha = sa.hashes(va, [(rid, left[rid]) for rid in moved])
-    hb = sb.hashes(vb, [(rid, right[rid]) for rid in moved])
     cd = CollectionDiff(name=name, status="same", records_a=va.records, records_b=vb.records)
     fields: dict[str, int] = {}
-    changed: list[str] = []
-    for rid in moved:
-        what = _fields(ha.get(rid), hb.get(rid), same)
-        if what:
-            changed.append(rid)
-            for f in what:
-                fields[f] = fields.get(f, 0) + 1
-    added = sorted(right.keys() - left.keys())
-    removed = sorted(left.keys() - right.keys())
-    cd.added, cd.removed, cd.changed, cd.fields = len(added), len(removed), len(changed), fields
-    for kind, lst in (("added", added), ("removed", removed), ("changed", changed)):
-        for rid in lst[:limit]:
-            note(kind, rid)
+    batch: list[tuple[str, int, int]] = []
+
+    def compare() -> None:
+        # within one collection a record changed iff its seq_id moved; a recreated collection's
+        # records are compared by content (their seq_ids say nothing about each other)
+        ha = sa.hashes(va, [(rid, x) for rid, x, _ in batch])
+        hb = sb.hashes(vb, [(rid, y) for rid, _, y in batch])
+        for rid, _x, _y in batch:
+            what = _fields(ha.get(rid), hb.get(rid), same)
+            if what:
+                cd.changed += 1
+                note("changed", rid)
+                for f in what:
+                    fields[f] = fields.get(f, 0) + 1
+        batch.clear()
+
+    try:
+        pairs = _merged(va.all(skip), vb.all(skip))
+        for rid, x, y in pairs:
+            if x is None:
+                cd.added += 1
+                note("added", rid)
+            elif y is None:
+                cd.removed += 1
+                note("removed", rid)
+            elif x != y or not same:
+                batch.append((rid, x, y))
+                if len(batch) >= DIFF_BATCH:
+                    compare()
+        compare()
+    except _Unsorted:  # an index whose chunks are not in id order: compare in memory
+        cd.added = cd.removed = cd.changed = 0
+        fields.clear()
+        batch.clear()
+        if ids is not None:
+            ids = RecordIds()
+        left, right = dict(va.all(skip)), dict(vb.all(skip))
+        for rid in sorted(left.keys() | right.keys()):
+            x, y = left.get(rid), right.get(rid)
+            if x is None:
+                cd.added += 1
+                note("added", rid)
+            elif y is None:
+                cd.removed += 1
+                note("removed", rid)
+            elif x != y or not same:
+                batch.append((rid, x, y))
+        compare()
+    cd.fields = fields
     cd.ids = ids
     if not same:
         cd.status = "recreated"

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from chromasnap.manifest import Snapshot
 
-from .checker import referenced_blobs
+from .checker import _chunk_keys
 from .errors import StoreError
 from .fsutil import crash_point
 from .repository import INDEX_VERSION, Repository
@@ -47,61 +47,105 @@ class PruneResult(BaseModel):
     duration_s: float = 0.0
 
 
+class References:
+    """The blob keys snapshots reference, each chunk list and record index read once.
+
+    Snapshots of an unchanged file share its chunk list (and an unchanged database its
+    record index), so the work follows the store's distinct content, not snapshots x
+    files: gc and stats used to read and validate every snapshot's chunk lists again (three
+    times per prune). An unreadable chunk list or record index stops everything: gc must
+    know every reference before it may delete anything.
+    """
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.groups: dict[str, frozenset[str]] = {}
+        """Chunk list or record index key -> every key it references, itself included."""
+
+    def groups_of(self, snap: Snapshot) -> list[str]:
+        """The keys of the chunk lists and the record index `snap` names (each read once)."""
+        from .records import referenced
+
+        out: list[str] = []
+        if snap.records is not None:
+            if snap.records not in self.groups:
+                try:
+                    self.groups[snap.records] = frozenset(referenced(self.repo, snap))
+                except StoreError as exc:
+                    raise StoreError(
+                        f"snapshot {snap.short_id}: cannot read its record index ({exc}); "
+                        "gc stopped before deleting anything"
+                    ) from None
+            out.append(snap.records)
+        for f in snap.files:
+            if f.chunk_list not in self.groups:
+                try:
+                    doc = self.repo.read_chunk_list(f.chunk_list).list
+                except StoreError as exc:
+                    raise StoreError(
+                        f"snapshot {snap.short_id}: cannot read the chunk list of {f.path} ({exc}); "
+                        "gc stopped before deleting anything"
+                    ) from None
+                self.groups[f.chunk_list] = frozenset((f.chunk_list, *_chunk_keys(doc)))
+            out.append(f.chunk_list)
+        return out
+
+    def of(self, snaps: list[Snapshot]) -> set[str]:
+        """Every key any of `snaps` references."""
+        groups = {g: None for s in snaps for g in self.groups_of(s)}
+        return set().union(*(self.groups[g] for g in groups))
+
+
 @dataclass
 class Usage:
-    """Which snapshots reference each blob, and each blob's stored (compressed) size."""
+    """Which snapshots reference each blob, and each blob's stored (compressed) size.
 
-    refs: dict[str, set[str]] = field(default_factory=dict)
+    Blobs with the same users share one frozenset, and `by_users` sums their stored sizes,
+    so `freed_by` looks at each distinct set of users once, not at every blob."""
+
+    refs: dict[str, frozenset[str]] = field(default_factory=dict)
     stored: dict[str, int] = field(default_factory=dict)
+    by_users: dict[frozenset[str], int] = field(default_factory=dict)
 
 
-def usage(repo: Repository, snaps: list[Snapshot]) -> Usage:
+def usage(repo: Repository, snaps: list[Snapshot], refs: References | None = None) -> Usage:
+    refs = refs or References(repo)
+    users: dict[str, set[str]] = {}  # chunk list or record index -> the snapshots naming it
+    for s in snaps:
+        for g in refs.groups_of(s):
+            users.setdefault(g, set()).add(s.id)
+    where: dict[str, list[str]] = {}  # blob -> the groups holding it
+    for g in users:
+        for key in refs.groups[g]:
+            where.setdefault(key, []).append(g)
     u = Usage()
     index = repo.index()
-    for s in snaps:
-        for key in _referenced_strict(repo, s):
-            u.refs.setdefault(key, set()).add(s.id)
-            loc = index.get(key)
-            u.stored[key] = loc.length if loc else 0
+    union: dict[tuple[str, ...], frozenset[str]] = {}
+    for key, groups in where.items():
+        sig = tuple(groups)
+        who = union.get(sig)
+        if who is None:
+            who = union[sig] = frozenset().union(*(users[g] for g in groups))
+        loc = index.get(key)
+        size = loc.length if loc else 0
+        u.refs[key] = who
+        u.stored[key] = size
+        u.by_users[who] = u.by_users.get(who, 0) + size
     return u
-
-
-def _referenced_strict(repo: Repository, snap: Snapshot) -> set[str]:
-    """Like referenced_blobs, but an unreadable chunk list stops everything: gc must know
-    every reference before it may delete anything."""
-    from .records import referenced
-
-    try:
-        referenced(repo, snap)
-    except StoreError as exc:
-        raise StoreError(
-            f"snapshot {snap.short_id}: cannot read its record index ({exc}); "
-            "gc stopped before deleting anything"
-        ) from None
-    for f in snap.files:
-        try:
-            repo.read_chunk_list(f.chunk_list)
-        except StoreError as exc:
-            raise StoreError(
-                f"snapshot {snap.short_id}: cannot read the chunk list of {f.path} ({exc}); "
-                "gc stopped before deleting anything"
-            ) from None
-    return referenced_blobs(repo, snap)
 
 
 def freed_by(u: Usage, ids: set[str]) -> int:
     """Stored bytes that removing the snapshots `ids` would free."""
-    return sum(u.stored[k] for k, users in u.refs.items() if users and users <= ids)
+    return sum(size for users, size in u.by_users.items() if users and users <= ids)
 
 
-def gc(repo: Repository, live_snaps: list[Snapshot]) -> tuple[int, int, int]:
+def gc(repo: Repository, live_snaps: list[Snapshot], refs: References | None = None) -> tuple[int, int, int]:
     """Reclaim every blob no snapshot in `live_snaps` references. Returns (bytes
-    reclaimed, packs rewritten, packs deleted). The caller holds the store lock."""
+    reclaimed, packs rewritten, packs deleted). The caller holds the store lock; `refs`
+    may carry what `usage` already read (chunk lists and record indexes never change)."""
     backend = repo.backend
     repo.reset_index()
-    live: set[str] = set()
-    for s in live_snaps:
-        live |= _referenced_strict(repo, s)
+    live = (refs or References(repo)).of(live_snaps)
     index = repo.index()
     on_disk = {name.rsplit("/", 1)[-1]: name for name in backend.list("packs")}
     size_before = sum(backend.size(n) for n in on_disk.values())

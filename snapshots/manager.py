@@ -139,6 +139,9 @@ class SnapshotManager:
         self.last_capture: CaptureStats | None = None
         """How the last `snapshot()` read the database (folders re-read, and why)."""
         self._holding_write_lock = 0
+        self._seen: dict[str, tuple[datetime, str] | None] = {}
+        """Snapshot id -> (created_at, source), for `_parent`: each document is read once."""
+        self._last: Snapshot | None = None
 
     # --- reading ------------------------------------------------------------------
 
@@ -247,6 +250,7 @@ class SnapshotManager:
             snap.id = snapshot_id(snap)
             repo.save_snapshot(snap)
             repo.catalog_add(snap.id)
+            self._seen[snap.id], self._last = (snap.created_at, snap.source), snap
             self.last_duration_s = time.monotonic() - t0
             self.last_capture = cap.stats
             return snap
@@ -257,9 +261,32 @@ class SnapshotManager:
         return self.db_path
 
     def _parent(self, repo: Repository) -> Snapshot | None:
-        snaps, _ = repo.snapshots()
-        same = [s for s in snaps if s.source == str(self.db_path)]
-        return same[-1] if same else None
+        """The newest snapshot of this database. A document's creation time and source never
+        change, so a manager reads each document once: every snapshot used to read them all,
+        a cost growing with the store's history."""
+        ids = repo.snapshot_ids()
+        for sid in ids:
+            if sid not in self._seen:
+                try:
+                    s = repo.load_snapshot(sid)
+                except StoreError:
+                    self._seen[sid] = None  # unreadable: never a parent (as before)
+                    continue
+                self._seen[sid] = (s.created_at, s.source)
+                if s.source == str(self.db_path):
+                    self._last = s
+        live = set(ids)
+        same = [
+            (meta[0], sid)
+            for sid, meta in self._seen.items()
+            if meta is not None and sid in live and meta[1] == str(self.db_path)
+        ]
+        if not same:
+            return None
+        newest = max(same)[1]
+        if self._last is not None and self._last.id == newest:
+            return self._last
+        return repo.load_snapshot(newest)
 
     def extract(self, ref: str, target: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Write snapshot `ref` into `target`, a new or empty directory; every byte is checked."""
@@ -832,7 +859,8 @@ class SnapshotManager:
             removed = [e for e in entries if not e.keep]
             if snaps and not kept:
                 raise UsageError("this policy would keep no snapshot at all; refused")
-            usage = gc.usage(repo, snaps)
+            refs = gc.References(repo)  # shared with gc below: each chunk list is read once
+            usage = gc.usage(repo, snaps, refs)
             result = gc.PruneResult(
                 kept=kept,
                 removed=removed,
@@ -848,7 +876,7 @@ class SnapshotManager:
                     crash_point("prune-removed-one")
                 live = [s for s in snaps if reasons[s.id]]
                 # ... objects after
-                result.reclaimed_bytes, result.repacked_packs, result.deleted_packs = gc.gc(repo, live)
+                result.reclaimed_bytes, result.repacked_packs, result.deleted_packs = gc.gc(repo, live, refs)
             if rules.keep_replaced and self.db_path is not None:
                 result.purged_kept_dirs = self._prune_kept(parse_replaced(rules.keep_replaced), dry_run)
         result.duration_s = time.monotonic() - t0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from .repository import BlobWriter, Repository
 
 Record = tuple[str, int]
 """(record id, seq_id)."""
+CACHED_CHUNKS = 64
+"""Record chunks a RecordSource keeps parsed (about 512 records each)."""
 Hashes = tuple[str | None, str]
 """(document hash or None, metadata hash) of one version of a record."""
 
@@ -163,7 +166,9 @@ class RecordSource:
 
     repo: Repository | None = None
     memory: dict[str, bytes] = field(default_factory=dict)
-    cache: dict[str, list[Record]] = field(default_factory=dict)
+    cache: OrderedDict[str, list[Record]] = field(default_factory=OrderedDict)
+    """The CACHED_CHUNKS chunks read last (find reads the same chunk in snapshot after
+    snapshot); holding every chunk read made a diff's memory grow with the collection."""
     vcache: dict[str, dict[tuple[int, str], Hashes]] = field(default_factory=dict)
 
     def _raw(self, key: str) -> list[Any]:
@@ -182,11 +187,15 @@ class RecordSource:
 
     def chunk(self, key: str) -> list[Record]:
         got = self.cache.get(key)
-        if got is None:
-            rows = self._raw(key)
-            if not all(len(r) == 2 and isinstance(r[0], str) and _seq(r[1]) for r in rows):
-                raise StoreError(f"record chunk {key[:16]} is not a list of [id, seq_id]")
-            got = self.cache[key] = [(r[0], r[1]) for r in rows]
+        if got is not None:
+            self.cache.move_to_end(key)
+            return got
+        rows = self._raw(key)
+        if not all(len(r) == 2 and isinstance(r[0], str) and _seq(r[1]) for r in rows):
+            raise StoreError(f"record chunk {key[:16]} is not a list of [id, seq_id]")
+        got = self.cache[key] = [(r[0], r[1]) for r in rows]
+        if len(self.cache) > CACHED_CHUNKS:
+            self.cache.popitem(last=False)
         return got
 
     def versions(self, key: str) -> dict[tuple[int, str], Hashes]:
@@ -228,6 +237,8 @@ class Side:
         from .sqlite_copy import record_hashes
 
         out: dict[str, Hashes] = {}
+        if not recs:
+            return out
         missing: list[str] = []
         chunks = [
             self.source.versions(v.key) for v in reversed(self.index.versions) if v.collection == view.id

@@ -110,6 +110,7 @@ def _read(db: sqlite3.Connection, state: WalState) -> None:
             SegmentState(id=str(sid), type=str(stype), scope=str(scope), max_seq_id=max_seq.get(str(sid)))
         )
     has_embeddings = "embeddings" in tables and "segment_id" in _columns(db, "embeddings")
+    pending = _metadata_pending(db, segs) if "embeddings_queue" in tables else {}
     for cid, name, dimension, database in collections:
         cs = CollectionState(
             id=str(cid),
@@ -127,10 +128,7 @@ def _read(db: sqlite3.Connection, state: WalState) -> None:
                 "SELECT count(*) FROM embeddings WHERE segment_id = ?", (meta.id,)
             ).fetchone()
         if meta is not None and "embeddings_queue" in tables:
-            (cs.metadata_pending,) = db.execute(
-                "SELECT count(*) FROM embeddings_queue WHERE topic LIKE ? AND seq_id > ?",
-                (f"%/{cs.id}", -1 if meta.max_seq_id is None else meta.max_seq_id),
-            ).fetchone()
+            cs.metadata_pending = pending.get(cs.id, 0)
         if vec is not None:
             done = vec.max_seq_id if vec.max_seq_id is not None else -1
             cs.vector_lags = hi is not None and hi > done
@@ -151,3 +149,24 @@ def _read(db: sqlite3.Connection, state: WalState) -> None:
                         "and no longer in the write-ahead queue"
                     )
         state.collections.append(cs)
+
+
+def _metadata_pending(db: sqlite3.Connection, segs: dict[str, list[SegmentState]]) -> dict[str, int]:
+    """Per collection id, the queue rows after its metadata segment's position, in one pass
+    over the queue. (A query per collection scanned the whole queue each time, since no index
+    serves `topic LIKE`: 74% of a snapshot of 1,000 small collections, and more as the queue
+    grows.)"""
+    after: dict[str, int] = {}
+    for coll, segments in segs.items():
+        meta = next((s for s in segments if s.scope == "METADATA"), None)
+        if meta is not None:
+            after[coll] = -1 if meta.max_seq_id is None else meta.max_seq_id
+    out: dict[str, int] = {}
+    if not after:
+        return out
+    for topic, seq in db.execute("SELECT topic, seq_id FROM embeddings_queue"):
+        coll = str(topic).rsplit("/", 1)[-1]
+        limit, value = after.get(coll), _int(seq)
+        if limit is not None and value is not None and value > limit:
+            out[coll] = out.get(coll, 0) + 1
+    return out

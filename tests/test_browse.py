@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -372,3 +373,47 @@ def test_database_written_by_chromadb_1_0(old_python: str, tmp_path: Path) -> No
     assert res.exact_embeddings == res.records == 200
     assert records_of(db, "coll1", old_python)["records"] == before["records"]
     assert counts(db, python=old_python) == {"coll0": 1500, "coll1": 200}
+
+
+def test_diff_holds_a_batch_of_records_not_the_collection(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A diff held every record of both sides in dicts, and every chunk it read in a cache, so
+    its memory grew with the collection (about 40 MiB per 100,000 records; issue 20). It now
+    merges the two id-ordered record streams, compares versions DIFF_BATCH at a time and keeps
+    CACHED_CHUNKS chunks, and answers as the in-memory comparison does."""
+    from chromasnap.snapshots import browse, records
+
+    mgr = SnapshotManager(db, tmp_path / "store")
+    a = mgr.snapshot()
+    run_sample("mutate", str(db), "--step", "3", "--fraction", "0.05")  # deletes, adds, edits
+    b = mgr.snapshot()
+    monkeypatch.setattr(browse, "DIFF_BATCH", 7)
+    monkeypatch.setattr(records, "CACHED_CHUNKS", 2)
+    batches: list[int] = []
+    cached: list[int] = []
+    hashes, chunk = records.Side.hashes, records.RecordSource.chunk
+
+    def counting_hashes(self: records.Side, view: Any, recs: list[tuple[str, int]]) -> Any:
+        batches.append(len(recs))
+        return hashes(self, view, recs)
+
+    def counting_chunk(self: records.RecordSource, key: str) -> Any:
+        got = chunk(self, key)
+        cached.append(len(self.cache))
+        return got
+
+    monkeypatch.setattr(records.Side, "hashes", counting_hashes)  # count, then do the real work
+    monkeypatch.setattr(records.RecordSource, "chunk", counting_chunk)
+    streamed = mgr.diff(a.id, b.id, ids=True, limit=10_000)
+    assert batches and max(batches) <= 7 and max(cached) <= 2
+
+    def unsorted(*_args: object) -> Any:
+        raise browse._Unsorted
+
+    monkeypatch.setattr(browse, "_merged", unsorted)  # the in-memory comparison, as reference
+    reference = mgr.diff(a.id, b.id, ids=True, limit=10_000)
+    assert streamed.collections == reference.collections
+    by = {c.name: c for c in streamed.collections}
+    assert by["coll0"].removed == by["coll0"].added > 0 and by["coll0"].changed >= 2 * 125
+    assert by["coll0"].fields.keys() == {"document", "metadata"} and by["coll1"].changed > 0
