@@ -146,9 +146,13 @@ class SealedCodec(Codec):
         box = self._aeads.get(cipher)
         if box is None:
             raise AuthenticationError(name, f"unknown cipher id {cipher}")
-        nonce = data[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE]
+        view = memoryview(data)  # slices of a view do not copy the body
         try:
-            return box.decrypt(nonce, data[HEADER_SIZE + NONCE_SIZE :], data[:HEADER_SIZE] + name.encode())
+            return box.decrypt(
+                view[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
+                view[HEADER_SIZE + NONCE_SIZE :],
+                data[:HEADER_SIZE] + name.encode(),
+            )
         except InvalidTag:
             raise AuthenticationError(
                 name,

@@ -38,6 +38,8 @@ SALT_SIZE: Final = 16
 KEY_ID_RE: Final = re.compile(r"[0-9a-f]{16}")
 _HEX_RE: Final = re.compile(r"(?:[0-9a-f]{2})*")
 _NAME_RE: Final = re.compile(r"keys/([0-9a-f]{16})\.json")
+# created_at is printed by `key list`: ASCII digits only, no control characters
+_TIME_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 # Bounds on KDF parameters read from a key file (hostile input): at most 2 GiB and 64 passes.
 MAX_KDF_MEMORY: Final = 2 * 1024**3
 KDF_ENV: Final = "CHROMASNAP_KDF"
@@ -244,7 +246,7 @@ class KeyFile:
             ):
                 raise ValueError("its id does not match its name")
             created = doc.get("created_at")
-            if not isinstance(created, str) or len(created) > 64:
+            if not isinstance(created, str) or not _TIME_RE.fullmatch(created):
                 raise ValueError("bad created_at")
             kdf_doc = doc.get("kdf")
             kdf = _kdf_from_json(kdf_doc)

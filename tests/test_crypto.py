@@ -330,6 +330,7 @@ def test_truncated_or_damaged_key_files(tmp_path: Path) -> None:
         {"wrapped_key": "zz" * 48},
         {"version": "1"},
         {"id": "../../etc"},
+        {"created_at": "2025-11-29\x1b[2J"},
     ],
 )
 def test_hostile_key_files_are_damaged_not_obeyed(tmp_path: Path, change: dict[str, object]) -> None:
