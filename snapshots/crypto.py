@@ -36,10 +36,10 @@ DEFAULT_CIPHER: Final = AES_256_GCM
 
 # BLAKE3 derive_key contexts: fixed forever (changing one changes every key of every store).
 # Each cipher has its own key, so no key is ever used with two algorithms.
-BLOB_ID_CONTEXT: Final = "chromasnap 2025-11-29 blob id key v1"
+BLOB_ID_CONTEXT: Final = "chromasnap 2026-11-29 blob id key v1"
 OBJECT_KEY_CONTEXTS: Final = {
-    AES_256_GCM: "chromasnap 2025-11-29 object key aes-256-gcm v1",
-    CHACHA20_POLY1305: "chromasnap 2025-11-29 object key chacha20-poly1305 v1",
+    AES_256_GCM: "chromasnap 2026-11-29 object key aes-256-gcm v1",
+    CHACHA20_POLY1305: "chromasnap 2026-11-29 object key chacha20-poly1305 v1",
 }
 
 _Aead = AESGCM | ChaCha20Poly1305

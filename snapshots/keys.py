@@ -379,11 +379,18 @@ def add_key(
     return key
 
 
-def remove_key(storage: KeyStorage, store_id: str, key_id: str) -> None:
-    """Remove one key file; refused when it is the last readable one."""
+def remove_key(storage: KeyStorage, store_id: str, key_id: str, *, opened_with: str) -> None:
+    """Remove one key file. Refused for the key this session opened the store with
+    (`opened_with`, as restic does): that one is known to work and stays, so a bogus key file
+    planted by a bucket writer can never be the only one left. Refused for the last one too."""
     keys, _ = list_keys(storage)
     if not any(k.id == key_id for k in keys):
         raise UsageError(f"store {store_id[:12]} has no key {key_id}")
+    if key_id == opened_with:
+        raise UsageError(
+            f"refusing to remove key {key_id}: the store was opened with it "
+            "(give another key's password to remove it, or use passwd to change it)"
+        )
     if len(keys) == 1:
         raise UsageError(
             f"refusing to remove the last key of store {store_id[:12]}: nothing could open it again"

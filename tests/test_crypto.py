@@ -234,9 +234,9 @@ def test_sealed_object_decrypts_by_the_documented_layout_alone() -> None:
     sealed = SealedCodec(master).seal("index/0123.json", b'{"version": 1}')
     version, cipher, nonce, rest = sealed[0], sealed[1], sealed[2:14], sealed[14:]
     assert (version, cipher) == (1, 1)
-    enc_key = blake3(master, derive_key_context="chromasnap 2025-11-29 object key aes-256-gcm v1").digest()
+    enc_key = blake3(master, derive_key_context="chromasnap 2026-11-29 object key aes-256-gcm v1").digest()
     assert AESGCM(enc_key).decrypt(nonce, rest, sealed[:2] + b"index/0123.json") == b'{"version": 1}'
-    id_key = blake3(master, derive_key_context="chromasnap 2025-11-29 blob id key v1").digest()
+    id_key = blake3(master, derive_key_context="chromasnap 2026-11-29 blob id key v1").digest()
     assert SealedCodec(master).blob_key(b"abc") == blake3(b"abc", key=id_key).hexdigest()
 
 
@@ -330,7 +330,7 @@ def test_truncated_or_damaged_key_files(tmp_path: Path) -> None:
         {"wrapped_key": "zz" * 48},
         {"version": "1"},
         {"id": "../../etc"},
-        {"created_at": "2025-11-29\x1b[2J"},
+        {"created_at": "2026-11-29\x1b[2J"},
     ],
 )
 def test_hostile_key_files_are_damaged_not_obeyed(tmp_path: Path, change: dict[str, object]) -> None:
@@ -369,14 +369,18 @@ def test_add_then_remove_the_first_key(tmp_path: Path) -> None:
     second = keys.add_key(st, STORE_ID, master, "second", kdf=FAST)
     assert {k.id for k in keys.list_keys(st)[0]} == {first.id, second.id}
     assert keys.open_master_key(st, STORE_ID, "first")[0] == master
-    keys.remove_key(st, STORE_ID, first.id)
+    # the key a session opened with stays: remove the first key with the second's password
+    with pytest.raises(UsageError, match="the store was opened with it"):
+        keys.remove_key(st, STORE_ID, first.id, opened_with=first.id)
+    _, used = keys.open_master_key(st, STORE_ID, "second")
+    keys.remove_key(st, STORE_ID, first.id, opened_with=used.id)
     assert keys.open_master_key(st, STORE_ID, "second") == (master, second)
     with pytest.raises(keys.WrongPassword):
         keys.open_master_key(st, STORE_ID, "first")
     with pytest.raises(UsageError, match="refusing to remove the last key"):
-        keys.remove_key(st, STORE_ID, second.id)
+        keys.remove_key(st, STORE_ID, second.id, opened_with="ffffffffffffffff")
     with pytest.raises(UsageError, match="has no key 0000"):
-        keys.remove_key(st, STORE_ID, "0000000000000000")
+        keys.remove_key(st, STORE_ID, "0000000000000000", opened_with=second.id)
     assert keys.open_master_key(st, STORE_ID, "second")[0] == master
     with pytest.raises(UsageError, match="empty password"):
         keys.add_key(st, STORE_ID, master, "", kdf=FAST)
