@@ -266,7 +266,7 @@ class KeyFile:
 
     def unwrap(self, store_id: str, password: str) -> bytes | None:
         """The master key, or None when the password is not this key's (after the KDF)."""
-        wrapping = self.kdf.derive(password.encode(), self.salt)
+        wrapping = self.kdf.derive(password_bytes(password), self.salt)
         try:
             key = crypto.aead(self.cipher, wrapping).decrypt(
                 self.nonce, self.wrapped_key, wrap_associated_data(store_id, self.id)
@@ -274,6 +274,13 @@ class KeyFile:
         except InvalidTag:
             return None
         return key if len(key) == crypto.MASTER_KEY_SIZE else None
+
+
+def password_bytes(password: str) -> bytes:
+    """What the KDF hashes: the password's UTF-8 bytes; bytes that were not UTF-8 where the
+    password came from (an environment variable, a file) arrive as surrogate escapes and go
+    back to the bytes given."""
+    return password.encode("utf-8", "surrogateescape")
 
 
 def _hex(value: object, what: str, lo: int, hi: int) -> bytes:
@@ -294,7 +301,7 @@ def make_key_file(
     key_id = os.urandom(8).hex()
     salt = os.urandom(SALT_SIZE)
     nonce = os.urandom(crypto.NONCE_SIZE)
-    wrapping = kdf.derive(password.encode(), salt)
+    wrapping = kdf.derive(password_bytes(password), salt)
     wrapped = crypto.aead(cipher, wrapping).encrypt(nonce, master_key, wrap_associated_data(store_id, key_id))
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return KeyFile(key_id, created, kdf, salt, cipher, nonce, wrapped)

@@ -60,11 +60,9 @@ def read_password(
 
 
 def _first_line(raw: bytes, what: str) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} is not UTF-8 text") from None
-    line = text.split("\n", 1)[0].removesuffix("\r")
+    # surrogateescape, as os.environ does: bytes that are not UTF-8 stay the bytes given
+    # (keys.password_bytes turns them back), so a password works the same from every source
+    line = raw.decode("utf-8", "surrogateescape").split("\n", 1)[0].removesuffix("\r")
     if not line:
         raise UsageError(f"{what} holds no password (its first line is empty)")
     return line

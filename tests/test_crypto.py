@@ -528,6 +528,12 @@ def test_password_from_environment_and_files(tmp_path: Path) -> None:
     assert read_password(environ=env) == "sécret pw"
     assert read_password(environ={**env, "CHROMASNAP_PASSWORD_FILE": ""}) == "cmd"
     assert read_password(environ={"CHROMASNAP_NEW_PASSWORD": "n"}, prefix="CHROMASNAP_NEW") == "n"
+    # bytes that are not UTF-8 are the password as given, from a file as from the environment
+    latin = tmp_path / "latin1"
+    latin.write_bytes("pässwörd\n".encode("latin-1"))
+    from_file = read_password(password_file=latin, environ={})
+    assert keys.password_bytes(from_file) == "pässwörd".encode("latin-1")
+    assert from_file == os.fsdecode("pässwörd".encode("latin-1"))  # what os.environ would hold
     with pytest.raises(UsageError, match=r"cannot read the password file .*missing"):
         read_password(password_file=tmp_path / "missing", environ={})
     (tmp_path / "empty").write_text("\nsecond\n")
