@@ -78,11 +78,15 @@ class Tally:
     interrupted: int = 0
     concurrent_ops: int = 0
     torn: int = 0
+    before_start: int = 0
+    """Ctrl-C that landed while Python itself was starting (site, runpy), before any of our
+    code ran: Python prints its own KeyboardInterrupt traceback there, as it exits -2 earlier."""
 
     def line(self) -> str:
         return (
             f"kills {self.kills}, lost {self.lost}; flips {self.flips}, undetected {self.undetected}; "
-            f"bad inputs {self.bad_inputs} ({self.interrupted} Ctrl-C mid-way), tracebacks {self.tracebacks}; "
+            f"bad inputs {self.bad_inputs} ({self.interrupted} Ctrl-C mid-way, "
+            f"{self.before_start} before Python ran our code), tracebacks {self.tracebacks}; "
             f"concurrency {self.concurrent_ops} ops, torn {self.torn}"
         )
 
@@ -343,7 +347,7 @@ def hostile_stores(root: Path, db: Path, store: Path, good: str, t: Tally) -> No
         case = build(base)
         r = cli(*case.args)
         t.bad_inputs += 1
-        t.tracebacks += "Traceback" in r.stderr
+        _traceback(t, f"hostile store {case.name}", r.stderr)
         t.wrong += [
             f"hostile store {case.name}: {p}"
             for p in outcome_problems(case, r.returncode, r.stdout, r.stderr)
@@ -358,12 +362,29 @@ def _check_cases(cases: list[tuple[list[str], int, str]], t: Tally) -> None:
     for args, code, text in cases:
         r = cli(*args)
         t.bad_inputs += 1
-        if "Traceback" in r.stderr:
-            t.tracebacks += 1
+        _traceback(t, f"bad input {args}", r.stderr)
         lines = r.stderr.strip().splitlines()
         one_line = len(lines) == 1
         if r.returncode != code or text not in r.stderr or not one_line:
             t.wrong.append(f"bad input {args}: exit {r.returncode}, {r.stderr.strip()[:200]}")
+
+
+def _traceback(t: Tally, what: str, stderr: str) -> None:
+    """Count a traceback and name it in `wrong`, with its last lines, so a failure says which."""
+    if "Traceback" in stderr:
+        t.tracebacks += 1
+        t.wrong.append(f"traceback from {what}: {' | '.join(stderr.strip().splitlines()[-3:])[:300]}")
+
+
+def _python_starting(stderr: str) -> bool:
+    """A KeyboardInterrupt raised before cli/entry.py installed its handler: every frame is
+    Python's own start-up (site, runpy, importlib), none is chromasnap's code."""
+    lines = stderr.strip().splitlines()
+    if not lines or lines[-1].strip() != "KeyboardInterrupt" or "Traceback" not in stderr:
+        return False
+    frames = [ln for ln in lines if ln.lstrip().startswith('File "')]
+    ours = ("/cli/entry.py", "/cli/app.py", "/snapshots/", "/manifest/")
+    return all(not any(o in f for o in ours) for f in frames)
 
 
 def _ctrl_c(root: Path, db: Path, good: str, t: Tally) -> None:
@@ -389,7 +410,10 @@ def _ctrl_c(root: Path, db: Path, good: str, t: Tally) -> None:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=120)
             t.bad_inputs += 1
-            t.tracebacks += "Traceback" in err
+            if _python_starting(err):
+                t.before_start += 1
+                continue
+            _traceback(t, f"Ctrl-C at {delay} s of {args[0]}", err)
             mgr = SnapshotManager(big)
             # interrupted: 130 from our handler (one line), or SIGINT's own exit (-2) and
             # click's "aborted" (1) when it lands before our code runs
