@@ -38,9 +38,15 @@ def diff_cmd(
     allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """What changed from snapshot A to B (default: the live database), per collection and file."""
-    res = manager(db, store, allow_foreign_owner).diff(a, b, ids=ids, limit=limit)
+    from chromasnap.snapshots.names import file_label, segment_names
+
+    mgr = manager(db, store, allow_foreign_owner)
+    res = mgr.diff(a, b, ids=ids, limit=limit)
+    names = segment_names([mgr.get(res.a), None if res.b == "live" else mgr.get(res.b)])
     if json_out:
         data = res.model_dump(mode="json", exclude={"duration_s"})
+        for f in data["files"]:  # the segment id stays in `path`
+            f["label"] = file_label(f["path"], names)
         for c in data["collections"]:
             if c["ids"] is None:
                 del c["ids"]
@@ -68,6 +74,6 @@ def diff_cmd(
         typer.echo(f"  files: {len(res.files)} differ ({human_bytes(res.changed_bytes)})")
         for f in res.files:
             sizes = f"{human_bytes(f.size_a or 0)} -> {human_bytes(f.size_b or 0)}"
-            typer.echo(f"    {f.status:8} {shown(f.path)} ({sizes})")
+            typer.echo(f"    {f.status:8} {shown(file_label(f.path, names))} ({sizes})")
     else:
         typer.echo("  files: identical")

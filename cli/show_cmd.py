@@ -31,9 +31,15 @@ def show_cmd(
     allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Show a snapshot: files, Chroma's write-ahead state per collection, verifications."""
+    from chromasnap.snapshots.names import file_label, segment_names, segment_of
+
     s = manager(db, store, allow_foreign_owner).get(snapshot_id)
+    names = segment_names([s])
     if json_out:
-        print_json(s.model_dump(mode="json"))
+        data = s.model_dump(mode="json")
+        for f in data["files"]:  # the segment id stays in `path`; `label` names the collection
+            f["label"] = file_label(f["path"], names)
+        print_json(data)
         return
     from rich.table import Table
 
@@ -82,10 +88,21 @@ def show_cmd(
         )
     con.print(ct)
     ft = Table(title="files", title_justify="left")
-    for c in ("path", "size", "layout", "captured"):
+    wide = con.width >= 120  # room for the segment ids beside the collection names
+    ft.add_column("file", overflow="fold")  # folded, never cut: rows must not differ out of sight
+    if wide:
+        ft.add_column("segment", overflow="fold")
+    for c in ("size", "layout", "captured"):
         ft.add_column(c)
     for f in s.files:
-        ft.add_row(m(f.path), human_bytes(f.size), f.layout, f.captured_by)
+        seg = segment_of(f.path, names)
+        ft.add_row(
+            m(file_label(f.path, names)),
+            *([m(seg or "")] if wide else []),
+            human_bytes(f.size),
+            f.layout,
+            f.captured_by,
+        )
     con.print(ft)
     for sk in s.skipped:
         con.print(f"  skipped {m(sk.path)} ({m(sk.kind)}: {m(sk.reason)})")

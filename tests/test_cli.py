@@ -233,3 +233,27 @@ def test_read_only_store_lists_but_refuses_a_snapshot(db: Path, tmp_path: Path) 
         assert store_state(store) == before
     finally:
         subprocess.run(["umount", str(ro)], check=False)
+
+
+def test_files_are_named_by_collection_at_80_columns_and_piped(db: Path, tmp_path: Path) -> None:
+    """Two collections' HNSW files differed only in segment ids that a narrow table cut off, so
+    `show` printed rows that looked the same; they are `coll/data_level0.bin` now, folded never
+    cut, with the segment id in `--json` and in its own column on a wide terminal."""
+    assert cli("snapshot", "--db", str(db)).returncode == 0
+    narrow = cli("show", "latest", "--db", str(db), env={"COLUMNS": "80"}).stdout
+    rows = [ln for ln in narrow.splitlines() if "data_level0.bin" in ln]
+    assert len(rows) == 2 and len(set(rows)) == 2 and "…" not in narrow
+    assert all(len(ln) <= 80 for ln in narrow.splitlines())
+    assert {r.split()[1] for r in rows} == {"coll0/data_level0.bin", "coll1/data_level0.bin"}
+    wide = cli("show", "latest", "--db", str(db), env={"COLUMNS": "160"}).stdout
+    data = json.loads(cli("show", "latest", "--db", str(db), "--json").stdout)
+    segs = {f["path"].split("/")[0] for f in data["files"] if f["path"].endswith("data_level0.bin")}
+    assert {f["label"] for f in data["files"]} >= {"coll0/header.bin", "coll1/header.bin", "chroma.sqlite3"}
+    assert len(segs) == 2 and all(s in wide for s in segs) and not any(s in narrow for s in segs)
+    # a change to one collection's index: diff names the collection's files
+    seg = next(iter(segs))
+    with (db / seg / "length.bin").open("r+b") as fh:
+        fh.write(b"\x00")
+    diff = cli("diff", "latest", "--db", str(db)).stdout
+    name = next(f["label"] for f in data["files"] if f["path"] == f"{seg}/length.bin")
+    assert f"changed  {name}" in diff and seg not in diff

@@ -1,0 +1,78 @@
+"""Version safety: a snapshot whose schema is newer than the chromadb that would open it is
+refused (chromadb 1.0.20 panics on a 1.5 database: "range start index 10 out of range for
+slice of length 9"), and a verify with a newer chromadb says it migrates, one way."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chromasnap.snapshots import SnapshotManager
+from chromasnap.snapshots.versions import (
+    VersionMismatch,
+    check_openable,
+    describe_migration,
+    known_migrations,
+    migrations_on_open,
+    newer_than_known,
+)
+from conftest import run_sample
+
+
+def test_the_levels_each_chromadb_knows(old_python: str) -> None:
+    new, old = known_migrations(), known_migrations(old_python)
+    assert old.chromadb_version == "1.0.20" and new.chromadb_version != "1.0.20"
+    assert set(old.levels) <= set(new.levels)
+    assert all(new.levels[k] >= v for k, v in old.levels.items())
+    assert new.levels != old.levels  # 1.5 added sysdb 10 and metadb 6
+    assert known_migrations(old_python) is old  # asked once per process
+
+
+def test_level_arithmetic() -> None:
+    assert newer_than_known({"sysdb": 10, "metadb": 5}, {"sysdb": 9, "metadb": 5}) == {"sysdb": 10}
+    assert newer_than_known({"extra": 1}, {"sysdb": 9}) == {"extra": 1}
+    assert migrations_on_open({"sysdb": 9}, {"sysdb": 10, "metadb": 6}) == {
+        "sysdb": (9, 10),
+        "metadb": (0, 6),
+    }
+    assert migrations_on_open({}, {"sysdb": 10}) == {}  # nothing recorded: nothing to say
+
+
+def test_a_newer_snapshot_is_refused_for_an_older_chromadb(db: Path, old_python: str) -> None:
+    snap = SnapshotManager(db).snapshot()
+    levels = snap.wal.schema_migrations
+    assert levels
+    assert check_openable(snap.id, levels, snap.chromadb_version) is not None  # this chromadb
+    with pytest.raises(VersionMismatch) as err:
+        check_openable(snap.id, levels, snap.chromadb_version, python=old_python)
+    line = str(err.value)
+    assert "\n" not in line and "1.0.20" in line and str(snap.chromadb_version) in line
+    assert check_openable(snap.id, levels, snap.chromadb_version, python=old_python, force=True) is None
+
+
+def test_an_older_snapshot_migrates_on_open_and_says_so(old_python: str, tmp_path: Path) -> None:
+    db = tmp_path / "chroma"
+    run_sample("build", str(db), "--records", "40", "10", python=old_python)
+    snap = SnapshotManager(db).snapshot()
+    said = describe_migration(snap.wal.schema_migrations, known_migrations())
+    assert said is not None and "one-way" in said and "sysdb 9->10" in said
+    assert describe_migration(snap.wal.schema_migrations, known_migrations(old_python)) is None
+
+
+def test_cli_restore_with_an_older_chromadb_is_exit_2(db: Path, old_python: str) -> None:
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    before = (db / "chroma.sqlite3").read_bytes()
+    args = ["restore", snap.id, "--yes", "--db", str(db), "--python", old_python]
+    r = subprocess.run(
+        [sys.executable, "-m", "chromasnap.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "1.0.20" in r.stderr and "--force" in r.stderr
+    assert (db / "chroma.sqlite3").read_bytes() == before
