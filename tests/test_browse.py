@@ -146,6 +146,7 @@ def test_diff_find_peek_report_exactly_the_changes(db: Path, tmp_path: Path) -> 
         mgr.peek(b.id, "coll1")
 
 
+@pytest.mark.slow
 def test_restore_collection_brings_back_exact_records(db: Path, tmp_path: Path) -> None:
     mgr = SnapshotManager(db, tmp_path / "store")
     snap = mgr.snapshot()
@@ -185,7 +186,14 @@ def test_restore_collection_brings_back_exact_records(db: Path, tmp_path: Path) 
         mgr.restore_collection(snap.id, "coll1", as_name="x")
 
 
-@pytest.mark.parametrize("point", ["collection-adding", "collection-added", "collection-dropped"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        pytest.param("collection-adding", marks=pytest.mark.slow),
+        pytest.param("collection-added", marks=pytest.mark.slow),
+        "collection-dropped",
+    ],
+)
 def test_restore_collection_child_killed_at_each_step(
     db: Path, tmp_path: Path, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -211,7 +219,9 @@ def test_restore_collection_child_killed_at_each_step(
     assert not mgr.backend.list("intents")
 
 
-@pytest.mark.parametrize("point", ["collection-added", "collection-dropped"])
+@pytest.mark.parametrize(
+    "point", [pytest.param("collection-added", marks=pytest.mark.slow), "collection-dropped"]
+)
 def test_restore_collection_killed_with_its_process_is_rolled_back(
     db: Path, tmp_path: Path, point: str
 ) -> None:

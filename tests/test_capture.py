@@ -384,6 +384,7 @@ def test_a_folder_caught_mid_save_is_read_again(db: Path, monkeypatch: pytest.Mo
     assert mgr.verify(snap.id).ok
 
 
+@pytest.mark.slow
 def test_a_folder_that_never_forms_one_save_is_refused(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seg, old_pickle, new_pickle = _saves(db)
     mgr = SnapshotManager(db)
@@ -399,6 +400,7 @@ def test_a_folder_that_never_forms_one_save_is_refused(db: Path, monkeypatch: py
     assert [s.id for s in SnapshotManager(db).list()] == before  # nothing listed
 
 
+@pytest.mark.slow
 def test_a_folder_damaged_at_rest_is_captured_as_found_with_a_warning(db: Path) -> None:
     seg, old_pickle, _new = _saves(db)
     (seg / "index_metadata.pickle").write_bytes(old_pickle)  # a writer killed mid-save left this

@@ -213,7 +213,9 @@ def test_a_holder_is_found_through_another_path(db: Path, tmp_path: Path) -> Non
 # --- symlinked databases -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["db-is-a-symlink", "parent-is-a-symlink"])
+@pytest.mark.parametrize(
+    "layout", ["db-is-a-symlink", pytest.param("parent-is-a-symlink", marks=pytest.mark.slow)]
+)
 def test_recover_through_a_symlinked_database(db: Path, tmp_path: Path, layout: str) -> None:
     real = tmp_path / "real" / "chromadata"
     real.parent.mkdir()
@@ -274,7 +276,14 @@ def test_mountinfo_paths_are_decoded_as_bytes() -> None:
     assert decode_mountinfo_path(b"/a\\134040") == b"/a\\040"  # an escaped backslash stays one
 
 
-@pytest.mark.parametrize("name", ["dätä", "with space", os.fsdecode(b"bad\xffbyte")])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dätä",
+        pytest.param("with space", marks=pytest.mark.slow),
+        pytest.param(os.fsdecode(b"bad\xffbyte"), marks=pytest.mark.slow),
+    ],
+)
 def test_restore_and_recover_in_a_bind_mount_at_an_awkward_path(db: Path, tmp_path: Path, name: str) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()

@@ -198,6 +198,7 @@ def test_killed_first_write_is_moved_aside_for_a_fresh_start(tmp_path: Path) -> 
     assert counts(db) == {"coll0": 200} and mgr.list() == []
 
 
+@pytest.mark.slow
 def test_killed_first_write_kept_in_place_with_keep_interrupted(tmp_path: Path) -> None:
     db = tmp_path / "chroma"
     assert first_write(db, "kill").returncode == -signal.SIGKILL

@@ -201,7 +201,14 @@ SnapshotManager(sys.argv[1]).prune(RetentionPolicy(keep_last=2))
 
 
 @pytest.mark.parametrize(
-    "point", ["prune-removed-one", "gc-packed", "gc-indexed", "gc-old-index-removed", "gc-first-pack-removed"]
+    "point",
+    [
+        "prune-removed-one",
+        pytest.param("gc-packed", marks=pytest.mark.slow),
+        pytest.param("gc-indexed", marks=pytest.mark.slow),
+        "gc-old-index-removed",
+        pytest.param("gc-first-pack-removed", marks=pytest.mark.slow),
+    ],
 )
 def test_prune_killed_at_each_step_loses_nothing(db: Path, point: str) -> None:
     """SIGKILL at each step of prune and gc, injected at the crash seam (CHROMASNAP_CRASH_AT)."""
@@ -218,6 +225,7 @@ def test_prune_killed_at_each_step_loses_nothing(db: Path, point: str) -> None:
     _assert_intact(db, ids)
 
 
+@pytest.mark.slow
 def test_prune_killed_at_random_instants_loses_nothing(db: Path) -> None:
     mgr = _grown_store(db, 5)
     ids = [s.id for s in mgr.list()]

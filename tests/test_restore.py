@@ -171,12 +171,12 @@ def test_restore_into_a_real_bind_mount_keeps_the_mount_point(db: Path, tmp_path
 @pytest.mark.parametrize(
     ("point", "env"),
     [
-        ("journal", {}),
+        pytest.param("journal", {}, marks=pytest.mark.slow),
         ("exchanged", {}),
-        ("swapped", {}),
+        pytest.param("swapped", {}, marks=pytest.mark.slow),
         ("journal", {"CHROMASNAP_NO_EXCHANGE": "1"}),
         ("first-rename", {"CHROMASNAP_NO_EXCHANGE": "1"}),
-        ("swapped", {"CHROMASNAP_NO_EXCHANGE": "1"}),
+        pytest.param("swapped", {"CHROMASNAP_NO_EXCHANGE": "1"}, marks=pytest.mark.slow),
     ],
 )
 def test_restore_killed_at_each_swap_step(db: Path, point: str, env: dict[str, str]) -> None:
@@ -276,6 +276,7 @@ def test_recover_restores_the_newest_snapshot_that_verifies(db: Path) -> None:
     assert mgr.recover().action == "none"
 
 
+@pytest.mark.slow
 def test_recover_uses_a_snapshot_whose_pack_failed_only_its_hash(db: Path) -> None:
     """Bit rot where zstd's decoder ignores it fails `verify`, but the content restores as
     recorded: recovery must not fall back to older data because of it."""
@@ -325,6 +326,7 @@ SnapshotManager(sys.argv[1]).restore(sys.argv[2], verify=False, backup=False)
 """
 
 
+@pytest.mark.slow
 def test_restore_of_more_files_than_the_open_file_limit(tmp_path: Path) -> None:
     """Restore kept every file it wrote open until one fsync pass at the end, so a database
     of 1,000 collections (5,000 files) failed with EMFILE where 1,024 descriptors is the limit

@@ -266,6 +266,7 @@ def idmap_checks(data: bytes) -> dict[str, int]:
     return dict(forward)
 
 
+@pytest.mark.slow
 def test_chromadb_pickles_parse_and_truncated_ones_give_an_exact_prefix(
     changed: tuple[Path, Truth], old_changed: tuple[Path, Truth]
 ) -> None:
@@ -314,6 +315,7 @@ def test_salvage_matches_chromadb_bit_for_bit(changed: tuple[Path, Truth], tmp_p
                 assert salvage.returned_embedding(raw, coll.info.space) == rec.embedding
 
 
+@pytest.mark.slow
 def test_salvage_matches_chromadb_1_0(old_changed: tuple[Path, Truth], tmp_path: Path) -> None:
     db, truth = old_changed
     counts = check(run_salvage(db, tmp_path), truth)

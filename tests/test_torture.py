@@ -11,9 +11,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+import pytest
 from torture import PersistTally, persist, run
 
 
+def test_torture_lean_form(tmp_path: Path) -> None:
+    """Real kills, flips and concurrency, fewer of each (the default run's budget)."""
+    t = run(tmp_path, n_kills=3, n_flips=10, seconds=6, with_bad_inputs=False)
+    assert t.wrong == []
+    assert (t.kills, t.lost) == (3, 0)
+    assert (t.flips, t.undetected) == (10, 0)
+    assert t.concurrent_ops > 0 and t.torn == 0
+
+
+@pytest.mark.slow
 def test_torture_short_form(tmp_path: Path) -> None:
     t = run(tmp_path, n_kills=5, n_flips=25, seconds=12)
     assert t.wrong == []

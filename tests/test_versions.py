@@ -22,6 +22,7 @@ from chromasnap.snapshots.versions import (
 from conftest import run_sample
 
 
+@pytest.mark.slow
 def test_the_levels_each_chromadb_knows(old_python: str) -> None:
     new, old = known_migrations(), known_migrations(old_python)
     assert old.chromadb_version == "1.0.20" and new.chromadb_version != "1.0.20"
@@ -41,6 +42,7 @@ def test_level_arithmetic() -> None:
     assert migrations_on_open({}, {"sysdb": 10}) == {}  # nothing recorded: nothing to say
 
 
+@pytest.mark.slow
 def test_a_newer_snapshot_is_refused_for_an_older_chromadb(db: Path, old_python: str) -> None:
     snap = SnapshotManager(db).snapshot()
     levels = snap.wal.schema_migrations
@@ -53,6 +55,7 @@ def test_a_newer_snapshot_is_refused_for_an_older_chromadb(db: Path, old_python:
     assert check_openable(snap.id, levels, snap.chromadb_version, python=old_python, force=True) is None
 
 
+@pytest.mark.slow
 def test_an_older_snapshot_migrates_on_open_and_says_so(old_python: str, tmp_path: Path) -> None:
     db = tmp_path / "chroma"
     run_sample("build", str(db), "--records", "40", "10", python=old_python)
@@ -62,6 +65,7 @@ def test_an_older_snapshot_migrates_on_open_and_says_so(old_python: str, tmp_pat
     assert describe_migration(snap.wal.schema_migrations, known_migrations(old_python)) is None
 
 
+@pytest.mark.slow
 def test_cli_restore_with_an_older_chromadb_is_exit_2(db: Path, old_python: str) -> None:
     mgr = SnapshotManager(db)
     snap = mgr.snapshot()
