@@ -154,6 +154,34 @@ def test_recover_refuses_while_a_chroma_server_has_the_database_open(tmp_path: P
     assert counts(Path(out["kept_path"]))["served"] == acked  # rolled back, and kept
 
 
+def test_snapshots_of_a_database_a_chroma_server_is_writing_verify(tmp_path: Path) -> None:
+    """A `chroma run` server written through HttpClient while snapshots are taken: each
+    snapshot verifies in full (opened by chromadb in a child) and holds a prefix of the
+    acknowledged batches; health names the server as a process holding the database."""
+    db = tmp_path / "chroma"
+    run_sample("build", str(db), "--records", "200")
+    with chroma_server(db, tmp_path / "server.log") as (server, port):
+        http_write(port, 1)  # the collection exists before the first snapshot
+        writer = subprocess.Popen(
+            [sys.executable, "-c", HTTP_WRITER, str(port), "60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        mgr = SnapshotManager(db)
+        taken = [mgr.snapshot(reason="while served") for _ in range(3)]
+        _out, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err[-2000:]
+        health = cli("health", "--db", str(db), "--json")
+        report = json.loads(health.stdout)
+        assert f"pid {server.pid} " in json.dumps(report.get("holders", [])), health.stdout
+    for snap in taken:
+        v = SnapshotManager(db).verify(snap.id)
+        assert v.ok, v.detail
+        served = next(c for c in snap.wal.collections if c.name == "served")
+        assert served.records is not None and served.records % 20 == 0  # whole batches only
+
+
 def test_recover_refuses_to_replace_a_broken_database_a_process_has_open(db: Path) -> None:
     mgr = SnapshotManager(db)
     mgr.snapshot()

@@ -4,6 +4,7 @@ slice of length 9"), and a verify with a newer chromadb says it migrates, one wa
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -79,4 +80,39 @@ def test_cli_restore_with_an_older_chromadb_is_exit_2(db: Path, old_python: str)
     )
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "1.0.20" in r.stderr and "--force" in r.stderr
+    assert (db / "chroma.sqlite3").read_bytes() == before
+
+
+def _from_a_future_chromadb(db: Path) -> None:
+    """A real database as a chromadb newer than any installed here leaves it: its schema has a
+    migration this chromadb does not know (sysdb 99)."""
+    con = sqlite3.connect(db / "chroma.sqlite3")
+    con.execute(
+        "INSERT INTO migrations (dir, version, filename, sql, hash) "
+        "VALUES ('sysdb', 99, '00099-future.sqlite.sql', '', '')"
+    )
+    con.commit()
+    con.close()
+
+
+def test_a_snapshot_from_a_newer_chromadb_is_refused_by_restore_and_recover(db: Path) -> None:
+    """The default run's form of the check (no second environment): restore, restore
+    --collection and the CLI refuse with exit 2 and one line; --force goes past it."""
+    _from_a_future_chromadb(db)
+    mgr = SnapshotManager(db)
+    snap = mgr.snapshot()
+    assert snap.wal.schema_migrations["sysdb"] == 99
+    with pytest.raises(VersionMismatch, match="sysdb 99"):
+        mgr.restore(snap.id)
+    with pytest.raises(VersionMismatch, match="one-way"):
+        mgr.restore_collection(snap.id, "coll1", as_name="coll1-old")
+    before = (db / "chroma.sqlite3").read_bytes()
+    r = subprocess.run(
+        [sys.executable, "-m", "chromasnap.cli", "restore", snap.id[:8], "--yes", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--force" in r.stderr
     assert (db / "chroma.sqlite3").read_bytes() == before
