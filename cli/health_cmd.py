@@ -26,9 +26,18 @@ def health_cmd(
     """Probe the live database with chromadb in a child process; exit 0 healthy, 1 not."""
     report = manager(db, store, allow_foreign_owner).health(in_place=in_place, python=python, timeout=timeout)
     if json_out:
-        print_json({"healthy": report.healthy, "verdict": report.verdict, "detail": report.detail})
+        print_json(
+            {
+                "healthy": report.healthy,
+                "verdict": report.verdict,
+                "detail": report.detail,
+                "holders": report.holders,
+            }
+        )
     else:
         state = "healthy" if report.healthy else f"UNHEALTHY ({report.verdict})"
         typer.echo(f"{state}: {shown(report.detail)}")
+        for holder in report.holders:
+            typer.echo(f"  open by {shown(holder)}")
     if not report.healthy:
         raise typer.Exit(1)

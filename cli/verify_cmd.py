@@ -43,6 +43,7 @@ def verify_cmd(
             [
                 {"id": r.id, "ok": r.ok, "verdict": r.verdict, "detail": r.detail}
                 | ({"restorable": True} if r.restorable else {})
+                | ({"migration": r.migration} if r.migration else {})
                 for r in reports
             ]
         )
@@ -52,6 +53,8 @@ def verify_cmd(
             typer.echo(
                 f"{mark} {r.id[:12]} {r.mode:5} {r.verdict:9} {shown(r.detail)} ({r.duration_s:.1f} s)"
             )
+            if r.migration:
+                typer.echo(f"     {shown(r.migration)}")
         if not reports:
             typer.echo("no snapshots to verify")
     if not all(r.ok for r in reports):

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from chromasnap.manifest import Snapshot
 
 from . import records as rx
+from . import versions
 from .errors import ChromasnapError, StoreError, UsageError
 
 if TYPE_CHECKING:
@@ -729,6 +730,7 @@ def restore_collection(
     check_database(db)
     snap = mgr.get(ref)
     _collection_of(snap, collection)
+    versions.check_openable(snap.id, snap.wal.schema_migrations, snap.chromadb_version, python, force)
     target = as_name or collection
     _check_name(target)
 

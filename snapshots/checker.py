@@ -70,6 +70,9 @@ class VerifyReport(BaseModel):
     restorable: bool = False
     """Damaged only in pack hashes, while every blob matched and the probe opened it (full
     mode): restoring gives the recorded database, and `recover` may still use it."""
+    migration: str | None = None
+    """With another interpreter (`--python`): whether its chromadb migrates this snapshot's
+    schema on open (one-way), or cannot open it (a newer schema than it knows)."""
 
 
 class HealthReport(BaseModel):
@@ -80,6 +83,9 @@ class HealthReport(BaseModel):
     detail: str = ""
     in_place: bool = False
     probe: ProbeReport
+    holders: list[str] = Field(default_factory=list)
+    """Processes holding the database open, `pid 4242 (chroma run --path /data)`: a server
+    or an application; the probe read a private copy beside them."""
 
 
 # --- the object check --------------------------------------------------------------

@@ -33,6 +33,19 @@ Progress = Callable[[int], None]
 SQLITE_NAME = "chroma.sqlite3"
 
 
+def _migration_note(snap: Snapshot, python: str) -> str | None:
+    """What opening `snap` with the chromadb of `python` does to its schema (one line)."""
+    from . import versions
+
+    try:
+        known = versions.check_openable(snap.id, snap.wal.schema_migrations, snap.chromadb_version, python)
+    except versions.VersionMismatch as exc:
+        return str(exc)
+    except ChromasnapError:
+        return None
+    return versions.describe_migration(snap.wal.schema_migrations, known) if known else None
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -339,6 +352,8 @@ class SnapshotManager:
                         raise SnapshotNotFound(f"snapshot {snap.short_id} was removed while being verified")
                     continue
                 report = confirmed
+            if python is not None and not quick:
+                report.migration = _migration_note(snap, python)
             report.duration_s = time.monotonic() - t0
             self._record(report, python)
             reports.append(report)
@@ -550,11 +565,18 @@ class SnapshotManager:
         import tempfile
 
         from . import checker
+        from .guard import describe_holders, open_by
         from .livecopy import copy_database
         from .sqlite_state import apply_hnsw, read_wal_state_file
 
         db_path = self._need_db()
         check_database(db_path)
+        holders = open_by(db_path)  # a `chroma run` server, an application's client
+        if in_place and holders:
+            raise ChromasnapError(
+                f"{describe_holders(db_path, holders)}; --in-place would open the live files beside "
+                "it: drop --in-place to probe a private copy"
+            )
         work: Path | None = None
         try:
             if in_place:
@@ -577,6 +599,7 @@ class SnapshotManager:
             detail=probe.detail,
             in_place=in_place,
             probe=probe,
+            holders=[f"pid {pid} ({cmd})" for pid, cmd in holders],
         )
 
     @staticmethod

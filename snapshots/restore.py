@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, model_validator
 
-from . import swap
+from . import swap, versions
 from .errors import ChromasnapError, StoreError, UsageError
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ def restore(
     db = swap.real_db(given)  # a symlinked database is restored into its target
     swap.finish_interrupted(db)
     snap = mgr.get(ref)
+    # chromadb's migrations are one-way: never hand a newer schema to an older chromadb
+    versions.check_openable(snap.id, snap.wal.schema_migrations, snap.chromadb_version, python, force)
     if not force:
         refuse_if_held(db)
     if not db.parent.is_dir():
@@ -237,6 +239,13 @@ def recover(
         if sid in seen:
             continue
         seen.add(sid)
+        try:
+            snap = mgr.get(sid)
+        except ChromasnapError:
+            continue
+        # a snapshot newer than this chromadb: refuse (exit 2) rather than fall back to an
+        # older one and lose what the newer chromadb wrote; run with --python NEWER
+        versions.check_openable(snap.id, snap.wal.schema_migrations, snap.chromadb_version, python)
         try:
             report = mgr.verify(sid, python=python, timeout=timeout)
         except ChromasnapError:

@@ -64,6 +64,8 @@ def test_an_older_snapshot_migrates_on_open_and_says_so(old_python: str, tmp_pat
     said = describe_migration(snap.wal.schema_migrations, known_migrations())
     assert said is not None and "one-way" in said and "sysdb 9->10" in said
     assert describe_migration(snap.wal.schema_migrations, known_migrations(old_python)) is None
+    report = SnapshotManager(db).verify(snap.id, python=sys.executable)
+    assert report.ok and report.migration is not None and "one-way" in report.migration
 
 
 @pytest.mark.slow
