@@ -5,7 +5,7 @@
 
 from chromasnap.manifest import Snapshot
 
-from .backend import Backend, LocalBackend
+from .backend import Backend, ObjectInfo, StorageBackend
 from .errors import (
     CaptureError,
     ChromasnapError,
@@ -15,7 +15,10 @@ from .errors import (
     UsageError,
     WriterBusy,
 )
+from .guard import WriteGuard
+from .local_backend import LocalBackend
 from .manager import SnapshotManager, default_store
+from .restore import RecoverResult, RestoreResult
 
 __all__ = [
     "Backend",
@@ -23,11 +26,16 @@ __all__ = [
     "ChromasnapError",
     "LocalBackend",
     "LockTimeout",
+    "ObjectInfo",
+    "RecoverResult",
+    "RestoreResult",
     "Snapshot",
     "SnapshotManager",
     "SnapshotNotFound",
+    "StorageBackend",
     "StoreError",
     "UsageError",
+    "WriteGuard",
     "WriterBusy",
     "default_store",
 ]

@@ -4,13 +4,16 @@ retry and fault-injection wrappers it relies on."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 from backend_suite import BackendCase, BackendSuite
 from s3_servers import aws_env, fresh_url, moto_endpoint, open_faulty_s3, open_s3
 
+from chromasnap.snapshots.backend import StorageBackend
 from chromasnap.snapshots.errors import PermanentStoreError, TransientStoreError
 from chromasnap.snapshots.faulty_backend import FaultyBackend
+from chromasnap.snapshots.local_backend import LocalBackend
 from chromasnap.snapshots.retry import RetryingBackend
 
 FIXTURES = (aws_env, moto_endpoint)  # pytest fixtures from s3_servers, used by the tests below
@@ -27,8 +30,32 @@ def faulty_s3_case(request: pytest.FixtureRequest) -> BackendCase:
     return BackendCase(partial(open_faulty_s3, fresh_url(), request.getfixturevalue("moto_endpoint")))
 
 
-# Every backend the suite runs on; adding one is one line (issue 15: "local": local_case).
+def open_local(root: Path) -> StorageBackend:
+    return LocalBackend(root)
+
+
+def open_faulty_local(root: Path) -> StorageBackend:
+    """RetryingBackend(FaultyBackend(FaultyBackend(LocalBackend))): a call in five fails before
+    reaching the directory, one in seven after it (its response lost)."""
+    lost = FaultyBackend(LocalBackend(root), fail_at=3, every=7, after_call=True)
+    dropped = FaultyBackend(lost, fail_at=2, every=5)
+    return RetryingBackend(dropped, attempts=6, base_delay=0.001, max_delay=0.01)
+
+
+def local_case(request: pytest.FixtureRequest) -> BackendCase:
+    """LocalBackend on a fresh folder (not created: `create` makes it)."""
+    return BackendCase(partial(open_local, request.getfixturevalue("tmp_path") / "store"))
+
+
+def faulty_local_case(request: pytest.FixtureRequest) -> BackendCase:
+    """The retrier over fault injection over LocalBackend, as faulty_s3_case over S3."""
+    return BackendCase(partial(open_faulty_local, request.getfixturevalue("tmp_path") / "store"))
+
+
+# Every backend the suite runs on; adding one is one line.
 BACKENDS = {
+    "local": local_case,
+    "local-retrying-faulty": faulty_local_case,
     "s3": s3_case,
     "s3-retrying-faulty": faulty_s3_case,
 }
