@@ -65,8 +65,8 @@ def show_cmd(
     if w.journal_action:
         con.print(f"  {'':9} {m(w.journal_action)}")
     ct = Table(title="collections", title_justify="left")
-    for c in ("name", "records", "hnsw", "queued", "vector seq", "lag"):
-        ct.add_column(c)
+    for col in ("name", "records", "hnsw", "queued", "vector seq", "lag"):
+        ct.add_column(col)
     for c in w.collections:
         vec = next((x for x in c.segments if x.scope == "VECTOR"), None)
         lag = "no" if not c.vector_lags else ("covered" if c.lag_covered else "NOT COVERED")
@@ -82,8 +82,8 @@ def show_cmd(
         )
     con.print(ct)
     ft = Table(title="files", title_justify="left")
-    for c in ("path", "size", "layout", "captured"):
-        ft.add_column(c)
+    for col in ("path", "size", "layout", "captured"):
+        ft.add_column(col)
     for f in s.files:
         ft.add_row(m(f.path), human_bytes(f.size), f.layout, f.captured_by)
     con.print(ft)
@@ -93,16 +93,16 @@ def show_cmd(
         con.print(f"  [yellow]warning[/] {m(warning)}")
     if s.verifications:
         vt = Table(title="verifications", title_justify="left")
-        for c in ("at", "mode", "verdict", "chromadb", "seconds", "detail"):
-            vt.add_column(c)
-        for v in s.verifications:
+        for col in ("at", "mode", "verdict", "chromadb", "seconds", "detail"):
+            vt.add_column(col)
+        for ver in s.verifications:
             vt.add_row(
-                v.at.isoformat(),
-                v.mode,
-                m(v.verdict),
-                m(v.chromadb_version or "-"),
-                f"{v.duration_s:.1f}",
-                m(v.detail[:80]),
+                ver.at.isoformat(),
+                ver.mode,
+                m(ver.verdict),
+                m(ver.chromadb_version or "-"),
+                f"{ver.duration_s:.1f}",
+                m(ver.detail[:80]),
             )
         con.print(vt)
     else:
