@@ -340,11 +340,7 @@ class LocalBackend(StorageBackend):
         rename, after comparing the version tag under a flock of the folder when `if_match`
         (local writers also hold the store lock: this is belt and braces)."""
         if create_only:
-            try:
-                os.link(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
-            except FileExistsError:
-                raise ObjectExists(f"store file {name} already exists in {self.location}") from None
-            os.unlink(tmp, dir_fd=dfd)
+            self._link(tmp, dfd, name, leaf)
             return
         if if_match is None:
             os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -363,6 +359,26 @@ class LocalBackend(StorageBackend):
         finally:
             fcntl.flock(dfd, fcntl.LOCK_UN)
 
+    def _link(self, src: str, src_dir: int | None, name: str, leaf: str, dst_dir: int | None = None) -> None:
+        """Move the durable file `src` to the name `leaf` (in the folder `dst_dir`, default
+        `src_dir`) unless that name exists (ObjectExists): a hard link, atomic, then the
+        unlink of `src`. Where the file system has no hard links: a check, then a rename
+        (local writers hold the store lock; content-addressed names hold the same bytes)."""
+        dst = src_dir if dst_dir is None else dst_dir
+        try:
+            os.link(src, leaf, src_dir_fd=src_dir, dst_dir_fd=dst, follow_symlinks=False)
+        except FileExistsError:
+            raise ObjectExists(f"store file {name} already exists in {self.location}") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(leaf, dir_fd=dst, follow_symlinks=False)
+                raise ObjectExists(f"store file {name} already exists in {self.location}") from None
+            os.rename(src, leaf, src_dir_fd=src_dir, dst_dir_fd=dst)
+            return
+        os.unlink(src, dir_fd=src_dir)
+
     def save_file(self, name: str, local: Path, *, create_only: bool = False) -> str:
         parts = check_name(name).split("/")
         with self._dir(parts[:-1], create=True) as dfd:
@@ -374,11 +390,7 @@ class LocalBackend(StorageBackend):
                 os.close(fd)
             try:
                 if create_only:
-                    try:
-                        os.link(local, parts[-1], dst_dir_fd=dfd, follow_symlinks=False)
-                    except FileExistsError:
-                        raise ObjectExists(f"store file {name} already exists in {self.location}") from None
-                    os.unlink(local)
+                    self._link(os.fspath(local), None, name, parts[-1], dfd)
                 else:
                     os.rename(local, parts[-1], dst_dir_fd=dfd)
             except OSError as exc:
