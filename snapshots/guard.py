@@ -329,11 +329,11 @@ def write_lock_holder(backend: StorageBackend) -> str:
     return "a guarded write or a restore"
 
 
-def add_event(repo: Repository, snap_id: str, kind: str, detail: str) -> None:
+def add_event(mgr: Guarded, snap_id: str, kind: str, detail: str) -> None:
     """Append to a snapshot's mutable event history (under the store lock), if it can."""
     event = Event(at=datetime.now(UTC), kind=kind, detail=detail)
     with contextlib.suppress(OSError, ChromasnapError):
-        repo.update_snapshot(snap_id, lambda snap: snap.events.append(event))
+        mgr.repo.update_snapshot(snap_id, lambda snap: snap.events.append(event))
 
 
 # --- the guard ---------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ class WriteGuard(contextlib.ContextDecorator):
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
         try:
             if et is not None and self.snapshot is not None:
-                add_event(self.mgr.repo, self.snapshot.id, "write-failed", f"{et.__name__}: {ev}"[:500])
+                add_event(self.mgr, self.snapshot.id, "write-failed", f"{et.__name__}: {ev}"[:500])
             if self._intent:
                 self.mgr.backend.remove(self._intent)
         finally:
