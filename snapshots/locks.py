@@ -48,9 +48,14 @@ def lock_timeout() -> float:
 
 
 def _local(backend: StorageBackend) -> LocalBackend:
-    if not isinstance(backend, LocalBackend):
+    """The LocalBackend under `backend` (wrappers such as RetryingBackend and FaultyBackend
+    keep theirs as `inner`): lock files are local files, outside the contract."""
+    found: object = backend
+    while not isinstance(found, LocalBackend) and hasattr(found, "inner"):
+        found = found.inner
+    if not isinstance(found, LocalBackend):
         raise StoreError(f"locking the store {backend.location} needs a lease (remote stores: issue 16)")
-    return backend
+    return found
 
 
 @contextlib.contextmanager
