@@ -15,10 +15,8 @@ from .errors import (
     UsageError,
     WriterBusy,
 )
-from .guard import WriteGuard
 from .local_backend import LocalBackend
 from .manager import SnapshotManager, default_store
-from .restore import RecoverResult, RestoreResult
 
 __all__ = [
     "Backend",
@@ -27,15 +25,12 @@ __all__ = [
     "LocalBackend",
     "LockTimeout",
     "ObjectInfo",
-    "RecoverResult",
-    "RestoreResult",
     "Snapshot",
     "SnapshotManager",
     "SnapshotNotFound",
     "StorageBackend",
     "StoreError",
     "UsageError",
-    "WriteGuard",
     "WriterBusy",
     "default_store",
 ]

@@ -39,7 +39,7 @@ from chromasnap.manifest import (
 
 from . import hnsw
 from .children import installed_version
-from .errors import CaptureError, StoreError, UsageError
+from .errors import CaptureError, UsageError
 from .layout import OWN_PREFIX, SQLITE_NAME, SQLITE_SIDE_FILES
 from .owner import of_directory
 from .records import parent_versions, store_records
@@ -48,7 +48,7 @@ from .sqlite_copy import SqliteCopy
 from .sqlite_state import apply_hnsw, read_wal_state_file
 
 __all__ = [
-    *("OWN_PREFIX", "SQLITE_NAME", "SQLITE_SIDE_FILES", "Parents", "SqliteCopy"),
+    *("OWN_PREFIX", "SQLITE_NAME", "SQLITE_SIDE_FILES", "SqliteCopy"),
     *("capture", "check_tags", "take_snapshot"),
 ]
 READ_BLOCK = 4 << 20
@@ -720,46 +720,3 @@ def take_snapshot(
     snap.id = snapshot_id(snap)
     repo.create_snapshot(snap)
     return snap, cap.stats
-
-
-class Parents:
-    """Finds the parent of a new snapshot: the newest snapshot of the same database.
-
-    A document's creation time and source never change, so each is read once per
-    instance (a manager keeps one): every snapshot used to read them all, a cost growing
-    with the store's history."""
-
-    def __init__(self, source: Path | None) -> None:
-        self.source = str(source)
-        self._seen: dict[str, tuple[datetime, str] | None] = {}
-        """Snapshot id -> (created_at, source); None: unreadable, never a parent."""
-        self._last: Snapshot | None = None
-
-    def add(self, snap: Snapshot) -> None:
-        """A snapshot this process just took."""
-        self._seen[snap.id], self._last = (snap.created_at, snap.source), snap
-
-    def newest(self, repo: Repository) -> Snapshot | None:
-        ids = repo.snapshot_ids()
-        for sid in ids:
-            if sid not in self._seen:
-                try:
-                    s = repo.load_snapshot(sid)
-                except StoreError:
-                    self._seen[sid] = None  # unreadable: never a parent (as before)
-                    continue
-                self._seen[sid] = (s.created_at, s.source)
-                if s.source == self.source:
-                    self._last = s
-        live = set(ids)
-        same = [
-            (meta[0], sid)
-            for sid, meta in self._seen.items()
-            if meta is not None and sid in live and meta[1] == self.source
-        ]
-        if not same:
-            return None
-        newest = max(same)[1]
-        if self._last is not None and self._last.id == newest:
-            return self._last
-        return repo.load_snapshot(newest)

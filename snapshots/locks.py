@@ -100,8 +100,9 @@ def _hold(backend: LocalBackend, name: str, wait: float, busy: Callable[[], str]
 
 
 def this_owner() -> LockOwner:
-    """The `lock.owner` document of this process."""
-    return LockOwner(
+    """The `lock.owner` document of this process (not validated: a command line may hold
+    bytes that are not UTF-8, as surrogate escapes, which JSON writes as \\udcxx)."""
+    return LockOwner.model_construct(
         pid=os.getpid(),
         host=socket.gethostname(),
         command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
@@ -112,8 +113,12 @@ def this_owner() -> LockOwner:
 def read_owner(backend: StorageBackend) -> LockOwner | None:
     """Who last took the store lock (None when unreadable: it is hostile input too)."""
     with contextlib.suppress(ManifestError, StoreError, ValueError, KeyError, TypeError):
-        raw = backend.load_bounded(OWNER, limits.MAX_SMALL_DOC)
-        return LockOwner.model_validate(parse_json(raw, OWNER, limits.MAX_SMALL_DOC))
+        doc = parse_json(backend.load_bounded(OWNER, limits.MAX_SMALL_DOC), OWNER, limits.MAX_SMALL_DOC)
+        fields = {k: doc[k] for k in ("pid", "host", "command", "since")}
+        if type(fields["pid"]) is int and all(
+            isinstance(fields[k], str) for k in ("host", "command", "since")
+        ):
+            return LockOwner.model_construct(**fields)  # surrogate escapes kept (see this_owner)
     return None
 
 

@@ -8,38 +8,61 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import importlib
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from chromasnap.manifest import RetentionPolicy, Snapshot
 
-from . import browse, checker, gc, locks, prune, restore, swap
+from . import locks, swap
 from .backend import StorageBackend
-from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
-from .capture import CaptureStats, Parents, check_tags, take_snapshot
-from .checker import HealthReport, ProbeReport, VerifyReport
 from .errors import ChromasnapError, UsageError
-from .extract import extract
-from .gc import PruneResult, SnapshotStats, StoreStats
-from .guard import WriteGuard, write_lock_holder
 from .layout import SQLITE_NAME, check_database, check_layout, default_store, inside, no_database_yet
 from .local_backend import LocalBackend
-from .repository import Repository
-from .restore import RecoverResult, RestoreResult
+from .repository import Parents, Repository
 from .retention import parse_replaced, validate
 
-# fmt: off
-__all__ = [  # the public API, and the names other modules held before issue 15 (for importers)
-    "SQLITE_NAME", "CaptureStats", "CollectionRestoreResult", "DiffResult", "ExportResult", "FindResult",
-    "HealthReport", "PeekResult", "ProbeReport", "PruneResult", "RecoverResult", "RestoreResult",
-    "SnapshotManager", "SnapshotStats", "StoreStats", "VerifyReport", "WriteGuard", "check_database",
-    "check_layout", "default_store", "no_database_yet",
-]
-# fmt: on
+
+class _OnFirstUse:
+    """A module imported when first used: `chromasnap list` loads none of the modules the
+    facade delegates to (their pydantic models cost more start-up time than the list).
+    Nothing here dodges a cycle: for mypy and the import check they are plain imports."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(f".{self._name}", __package__), attr)
+
+
+if TYPE_CHECKING:
+    from . import browse, capture, checker, extract, gc, guard, prune, restore
+    from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
+    from .capture import CaptureStats
+    from .checker import HealthReport, VerifyReport
+    from .gc import PruneResult, SnapshotStats, StoreStats
+    from .guard import WriteGuard
+    from .restore import RecoverResult, RestoreResult
+else:
+    browse, capture, checker, extract, gc, guard, prune, restore = map(
+        _OnFirstUse, ("browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore")
+    )
+
+__all__ = ["SQLITE_NAME", "SnapshotManager", "SnapshotStats", "StoreStats", "WriteGuard", "check_database"]
+__all__ += ["check_layout", "default_store", "no_database_yet"]  # and the names manager.py held before
+_LAZY = {"SnapshotStats": "gc", "StoreStats": "gc", "WriteGuard": "guard"}  # re-exported, on first use
 Progress = Callable[[int], None]
+
+
+def __getattr__(name: str) -> Any:
+    """The result types re-exported here, imported on first use (see _OnFirstUse)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
 
 
 class SnapshotManager:
@@ -124,19 +147,16 @@ class SnapshotManager:
         exclusive: bool = False,
         wait: bool = True,
     ) -> Snapshot:
-        """Capture the database now; returns the new snapshot's record.
+        """Capture the database now; returns the new snapshot's record. Unchanged files are
+        taken from the newest snapshot of the same database without being read.
 
-        Unchanged files are taken from the newest snapshot of the same database without
-        being read; every chunk is stored once however many snapshots hold it.
-
-        `exclusive` takes the database write lock first, as a scheduled snapshot should,
-        so that it never lands inside another process's guarded write: it waits up to the
-        lock timeout (CHROMASNAP_LOCK_TIMEOUT), or with `wait=False` raises `WriterBusy` at
-        once. Inside this manager's own `before_write` block the lock is already held.
-        """
+        `exclusive` takes the database write lock first (a scheduled snapshot then never lands
+        inside another process's guarded write), waiting up to CHROMASNAP_LOCK_TIMEOUT, or with
+        `wait=False` raising `WriterBusy` at once; inside this manager's own `before_write`
+        block the lock is already held."""
         db_path = self._need_db()
         check_database(db_path)
-        check_tags(tags)
+        capture.check_tags(tags)
         exclusive = exclusive and not self._holding_write_lock
         with (
             self._write_lock(wait=wait) if exclusive else contextlib.nullcontext(),
@@ -145,7 +165,9 @@ class SnapshotManager:
             repo = self._repo = Repository.open_or_create(self.backend)
             t0 = time.monotonic()
             parent = self._parents.newest(repo)
-            snap, self.last_capture = take_snapshot(repo, db_path, parent, reason, tags, note, progress)
+            snap, self.last_capture = capture.take_snapshot(
+                repo, db_path, parent, reason, tags, note, progress
+            )
             self._parents.add(snap)
             self.last_duration_s = time.monotonic() - t0
             return snap
@@ -167,7 +189,7 @@ class SnapshotManager:
         real = Path(os.path.realpath(dest))
         if inside(real, Path(os.path.realpath(self.store_path))):
             raise UsageError(f"{dest} is inside the store; extract somewhere else")
-        return extract(self.repo, snap, dest, progress)
+        return extract.extract(self.repo, snap, dest, progress)
 
     # --- integrity ----------------------------------------------------------------
 
@@ -275,23 +297,20 @@ class SnapshotManager:
     ) -> WriteGuard:
         """Guard a write: `with mgr.before_write(reason="index docs"):` or as a decorator.
 
-        Takes the database write lock, snapshots (reason `snapshot_reason`), leaves a
-        durable write intent for `recover` should the process die, and clears it when the
-        block ends. The block's value is the pre-write snapshot.
-
-        On the first run (the database does not exist yet, or is an empty directory) no
-        snapshot is taken and the block's value is None: the directory is created (so a
-        client opened inside the block writes there) and the intent names "no database"
-        as the state to return to; `recover` after a crash inside moves what the write
-        left aside (kept) for a fresh start.
-        """
-        return WriteGuard(self, reason, tags, note, snapshot_reason)
+        Takes the database write lock, snapshots (reason `snapshot_reason`), leaves a durable
+        write intent for `recover` should the process die, and clears it when the block ends;
+        the block's value is the pre-write snapshot. On the first run (no database yet, or an
+        empty directory) nothing is snapshotted, the value is None, the directory is created
+        and the intent names "no database" as the state to return to (docs/integration.md)."""
+        return guard.WriteGuard(self, reason, tags, note, snapshot_reason)
 
     @contextlib.contextmanager
     def _write_lock(self, wait: bool = True) -> Iterator[object]:
         """The database write lock (locks.write_lock), counted so that a snapshot inside this
         manager's own guarded write does not wait for itself."""
-        with locks.write_lock(self.backend, self.db_path, wait, lambda: write_lock_holder(self.backend)):
+        with locks.write_lock(
+            self.backend, self.db_path, wait, lambda: guard.write_lock_holder(self.backend)
+        ):
             self._holding_write_lock += 1
             try:
                 yield self
@@ -382,5 +401,4 @@ class SnapshotManager:
 
     def stats(self) -> StoreStats:
         """Store size, logical size, dedup ratio, and what removing each snapshot frees."""
-        snaps = self.list()
-        return gc.stats(self.repo, snaps)
+        return gc.stats(self.repo, self.list())

@@ -43,7 +43,7 @@ from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, 
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
 from .workdir import WorkDir
 
-__all__ = ["INDEX_VERSION", "BlobWriter", "Repository"]
+__all__ = ["INDEX_VERSION", "BlobWriter", "Parents", "Repository"]
 HEX64 = re.compile(r"[0-9a-f]{64}")
 SNAPSHOT_NAME = re.compile(r"snapshots/([0-9a-f]{64})\.json")
 
@@ -478,3 +478,46 @@ class BlobWriter:
             if self._pack is not None:
                 self._pack.abort()
                 self._pack = None
+
+
+class Parents:
+    """Finds the parent of a new snapshot: the newest snapshot of the same database.
+
+    A document's creation time and source never change, so each is read once per
+    instance (a manager keeps one): every snapshot used to read them all, a cost growing
+    with the store's history."""
+
+    def __init__(self, source: os.PathLike[str] | None) -> None:
+        self.source = str(source)
+        self._seen: dict[str, tuple[datetime, str] | None] = {}
+        """Snapshot id -> (created_at, source); None: unreadable, never a parent."""
+        self._last: Snapshot | None = None
+
+    def add(self, snap: Snapshot) -> None:
+        """A snapshot this process just took."""
+        self._seen[snap.id], self._last = (snap.created_at, snap.source), snap
+
+    def newest(self, repo: Repository) -> Snapshot | None:
+        ids = repo.snapshot_ids()
+        for sid in ids:
+            if sid not in self._seen:
+                try:
+                    s = repo.load_snapshot(sid)
+                except StoreError:
+                    self._seen[sid] = None  # unreadable: never a parent (as before)
+                    continue
+                self._seen[sid] = (s.created_at, s.source)
+                if s.source == self.source:
+                    self._last = s
+        live = set(ids)
+        same = [
+            (meta[0], sid)
+            for sid, meta in self._seen.items()
+            if meta is not None and sid in live and meta[1] == self.source
+        ]
+        if not same:
+            return None
+        newest = max(same)[1]
+        if self._last is not None and self._last.id == newest:
+            return self._last
+        return repo.load_snapshot(newest)
