@@ -9,9 +9,12 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+if TYPE_CHECKING:  # the import itself waits for the first command that needs it (start-up time)
+    from chromasnap.snapshots import SnapshotManager
 
 DbOpt = Annotated[
     Path | None,
@@ -36,6 +39,59 @@ ForeignOpt = Annotated[
         help="Read a store owned by another user (refused by default: they could have crafted it).",
     ),
 ]
+
+PythonOpt = Annotated[
+    str | None,
+    typer.Option("--python", help="Probe with this interpreter (e.g. a venv with another chromadb)."),
+]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds before a probe is killed.")]
+
+# The retention rules, given to `policy set` (stored) and `prune` (this run only)
+KeepLast = Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest snapshots.")]
+KeepHourly = Annotated[int | None, typer.Option("--keep-hourly", help="Newest of each of the last N hours.")]
+KeepDaily = Annotated[int | None, typer.Option("--keep-daily", help="Newest of each of the last N days.")]
+KeepWeekly = Annotated[int | None, typer.Option("--keep-weekly", help="Newest of each of the last N weeks.")]
+KeepMonthly = Annotated[
+    int | None, typer.Option("--keep-monthly", help="Newest of each of the last N months.")
+]
+KeepYearly = Annotated[int | None, typer.Option("--keep-yearly", help="Newest of each of the last N years.")]
+KeepWithin = Annotated[
+    str | None, typer.Option("--keep-within", help="Everything within e.g. 7d12h of the newest.")
+]
+KeepTag = Annotated[
+    list[str] | None, typer.Option("--keep-tag", help="Snapshots with this tag (repeatable).")
+]
+KeepReplaced = Annotated[
+    str | None,
+    typer.Option("--keep-replaced", help="Replaced databases to keep: a count (3) or a duration (14d)."),
+]
+
+
+def rules_from(
+    keep_last: int | None,
+    keep_hourly: int | None,
+    keep_daily: int | None,
+    keep_weekly: int | None,
+    keep_monthly: int | None,
+    keep_yearly: int | None,
+    keep_within: str | None,
+    keep_tag: list[str] | None,
+    keep_replaced: str | None,
+) -> dict[str, object]:
+    """The flags that were given, as policy fields."""
+    given = {
+        "keep_last": keep_last,
+        "keep_hourly": keep_hourly,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+        "keep_yearly": keep_yearly,
+        "keep_within": keep_within,
+        "keep_tags": keep_tag,
+        "keep_replaced": keep_replaced,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,10 +166,10 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def manager(db: Path | None, store: Path | None, allow_foreign_owner: bool = False) -> Any:
+def manager(db: Path | None, store: Path | None, allow_foreign_owner: bool = False) -> SnapshotManager:
     """The SnapshotManager of the options; what it found and left alone (a swap journal
     that is not this database's own) is printed as warnings."""
-    from chromasnap.snapshots import SnapshotManager
+    from chromasnap.snapshots import SnapshotManager  # lazy: `--help` and typos stay fast
 
     mgr = SnapshotManager(db, store, allow_foreign_owner=allow_foreign_owner or None)
     for warning in mgr.warnings:

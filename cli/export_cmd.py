@@ -12,13 +12,14 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PythonOpt,
     StoreOpt,
+    TimeoutOpt,
     handle_errors,
     human_bytes,
     manager,
     print_json,
 )
-from .verify_cmd import PythonOpt, TimeoutOpt
 
 
 @handle_errors

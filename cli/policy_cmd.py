@@ -6,54 +6,29 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    KeepDaily,
+    KeepHourly,
+    KeepLast,
+    KeepMonthly,
+    KeepReplaced,
+    KeepTag,
+    KeepWeekly,
+    KeepWithin,
+    KeepYearly,
+    StoreOpt,
+    handle_errors,
+    manager,
+    print_json,
+    rules_from,
+    shown,
+)
 
 policy_app = typer.Typer(help="Show or set the store's retention rules.", no_args_is_help=True)
-
-KeepLast = Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest snapshots.")]
-KeepHourly = Annotated[int | None, typer.Option("--keep-hourly", help="Newest of each of the last N hours.")]
-KeepDaily = Annotated[int | None, typer.Option("--keep-daily", help="Newest of each of the last N days.")]
-KeepWeekly = Annotated[int | None, typer.Option("--keep-weekly", help="Newest of each of the last N weeks.")]
-KeepMonthly = Annotated[
-    int | None, typer.Option("--keep-monthly", help="Newest of each of the last N months.")
-]
-KeepYearly = Annotated[int | None, typer.Option("--keep-yearly", help="Newest of each of the last N years.")]
-KeepWithin = Annotated[
-    str | None, typer.Option("--keep-within", help="Everything within e.g. 7d12h of the newest.")
-]
-KeepTag = Annotated[
-    list[str] | None, typer.Option("--keep-tag", help="Snapshots with this tag (repeatable).")
-]
-KeepReplaced = Annotated[
-    str | None,
-    typer.Option("--keep-replaced", help="Replaced databases to keep: a count (3) or a duration (14d)."),
-]
-
-
-def rules_from(
-    keep_last: int | None,
-    keep_hourly: int | None,
-    keep_daily: int | None,
-    keep_weekly: int | None,
-    keep_monthly: int | None,
-    keep_yearly: int | None,
-    keep_within: str | None,
-    keep_tag: list[str] | None,
-    keep_replaced: str | None,
-) -> dict[str, object]:
-    """The flags that were given, as policy fields."""
-    given = {
-        "keep_last": keep_last,
-        "keep_hourly": keep_hourly,
-        "keep_daily": keep_daily,
-        "keep_weekly": keep_weekly,
-        "keep_monthly": keep_monthly,
-        "keep_yearly": keep_yearly,
-        "keep_within": keep_within,
-        "keep_tags": keep_tag,
-        "keep_replaced": keep_replaced,
-    }
-    return {k: v for k, v in given.items() if v is not None}
 
 
 @policy_app.command("show")

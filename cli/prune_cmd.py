@@ -11,14 +11,6 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
-    StoreOpt,
-    handle_errors,
-    human_bytes,
-    manager,
-    print_json,
-    shown,
-)
-from .policy_cmd import (
     KeepDaily,
     KeepHourly,
     KeepLast,
@@ -28,7 +20,13 @@ from .policy_cmd import (
     KeepWeekly,
     KeepWithin,
     KeepYearly,
+    StoreOpt,
+    handle_errors,
+    human_bytes,
+    manager,
+    print_json,
     rules_from,
+    shown,
 )
 
 

@@ -6,8 +6,19 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
-from .verify_cmd import PythonOpt, TimeoutOpt
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    PythonOpt,
+    StoreOpt,
+    TimeoutOpt,
+    handle_errors,
+    manager,
+    print_json,
+    shown,
+)
 
 
 @handle_errors

@@ -7,8 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
-from .verify_cmd import PythonOpt
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    PythonOpt,
+    StoreOpt,
+    handle_errors,
+    manager,
+    print_json,
+    shown,
+)
 
 
 @handle_errors

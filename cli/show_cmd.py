@@ -71,8 +71,8 @@ def show_cmd(
     if w.journal_action:
         con.print(f"  {'':9} {m(w.journal_action)}")
     ct = Table(title="collections", title_justify="left")
-    for c in ("name", "records", "hnsw", "queued", "vector seq", "lag"):
-        ct.add_column(c)
+    for col in ("name", "records", "hnsw", "queued", "vector seq", "lag"):
+        ct.add_column(col)
     for c in w.collections:
         vec = next((x for x in c.segments if x.scope == "VECTOR"), None)
         lag = "no" if not c.vector_lags else ("covered" if c.lag_covered else "NOT COVERED")
@@ -92,8 +92,8 @@ def show_cmd(
     ft.add_column("file", overflow="fold")  # folded, never cut: rows must not differ out of sight
     if wide:
         ft.add_column("segment", overflow="fold")
-    for c in ("size", "layout", "captured"):
-        ft.add_column(c)
+    for col in ("size", "layout", "captured"):
+        ft.add_column(col)
     for f in s.files:
         seg = segment_of(f.path, names)
         ft.add_row(
@@ -110,16 +110,16 @@ def show_cmd(
         con.print(f"  [yellow]warning[/] {m(warning)}")
     if s.verifications:
         vt = Table(title="verifications", title_justify="left")
-        for c in ("at", "mode", "verdict", "chromadb", "seconds", "detail"):
-            vt.add_column(c)
-        for v in s.verifications:
+        for col in ("at", "mode", "verdict", "chromadb", "seconds", "detail"):
+            vt.add_column(col)
+        for ver in s.verifications:
             vt.add_row(
-                v.at.isoformat(),
-                v.mode,
-                m(v.verdict),
-                m(v.chromadb_version or "-"),
-                f"{v.duration_s:.1f}",
-                m(v.detail[:80]),
+                ver.at.isoformat(),
+                ver.mode,
+                m(ver.verdict),
+                m(ver.chromadb_version or "-"),
+                f"{ver.duration_s:.1f}",
+                m(ver.detail[:80]),
             )
         con.print(vt)
     else:

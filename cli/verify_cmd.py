@@ -6,13 +6,19 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
-
-PythonOpt = Annotated[
-    str | None,
-    typer.Option("--python", help="Probe with this interpreter (e.g. a venv with another chromadb)."),
-]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds before a probe is killed.")]
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    PythonOpt,
+    StoreOpt,
+    TimeoutOpt,
+    handle_errors,
+    manager,
+    print_json,
+    shown,
+)
 
 
 @handle_errors

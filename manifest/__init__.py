@@ -4,6 +4,8 @@ from .io import ManifestError, dumps, json_schemas, load_chunk_list, load_config
 from .io import snapshot_id as snapshot_id
 from .models import (
     FORMAT_VERSION,
+    INDEX_VERSION,
+    CatalogDoc,
     ChunkListDoc,
     ChunkRef,
     CollectionRecords,
@@ -13,7 +15,10 @@ from .models import (
     Extent,
     FileEntry,
     HnswSplitList,
+    IndexDoc,
+    LockOwner,
     Owner,
+    PackEntry,
     PlainList,
     RecordChunkRef,
     RecordIndex,
@@ -30,6 +35,8 @@ from .models import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "INDEX_VERSION",
+    "CatalogDoc",
     "ChunkListDoc",
     "ChunkRef",
     "CollectionRecords",
@@ -39,8 +46,11 @@ __all__ = [
     "Extent",
     "FileEntry",
     "HnswSplitList",
+    "IndexDoc",
+    "LockOwner",
     "ManifestError",
     "Owner",
+    "PackEntry",
     "PlainList",
     "RecordChunkRef",
     "RecordIndex",

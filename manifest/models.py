@@ -6,6 +6,7 @@ field only together with FORMAT_VERSION and an upgrade step in ``manifest.upgrad
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from datetime import datetime
@@ -426,3 +427,70 @@ class Snapshot(_Model):
     @property
     def last_verification(self) -> Verification | None:
         return self.verifications[-1] if self.verifications else None
+
+
+# --- the store's small documents: index files, the catalog, the lock owner -----------------
+
+INDEX_VERSION = 1
+"""The version of index files and of the catalog."""
+
+BlobRow = tuple[Key, str, int, int, int]
+"""One blob of a pack: key, type ("data", "tree", ...), offset, stored length, raw length."""
+
+
+class PackEntry(_Model):
+    """One pack of an index file: its id (the BLAKE3 of the pack file), size and blobs."""
+
+    id: Key
+    size: Count
+    blobs: list[BlobRow]
+
+
+class IndexDoc(_Model):
+    """`index/<blake3 of the document>.json`: where every blob of some packs lies. Written by
+    `Repository.write_index` only; read row by row (a damaged row loses only itself)."""
+
+    version: int = INDEX_VERSION
+    packs: list[PackEntry]
+
+    @classmethod
+    def of(cls, packs: list[PackEntry]) -> IndexDoc:
+        """An index of packs this process wrote (already valid: not validated again)."""
+        return cls.model_construct(version=INDEX_VERSION, packs=packs)
+
+    def to_json(self) -> bytes:
+        """Compact JSON, keys in this order (as every chromasnap version wrote it)."""
+        doc = {
+            "version": self.version,
+            "packs": [{"id": p.id, "size": p.size, "blobs": [list(b) for b in p.blobs]} for p in self.packs],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class CatalogDoc(_Model):
+    """`catalog.json`: every snapshot id of the store, sorted, so that a deleted snapshot
+    document is reported rather than silently gone. Written by `Repository` only."""
+
+    version: int = INDEX_VERSION
+    snapshots: list[Key]
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"version": self.version, "snapshots": self.snapshots}, separators=(",", ":")
+        ).encode()
+
+
+class LockOwner(_Model):
+    """`lock.owner`: who holds (or last held) the store lock, for the message of whoever
+    waits for it. Written by `locks.store_lock` only."""
+
+    pid: int = Field(ge=0, lt=1 << 63)
+    host: str = Field(max_length=300)
+    command: str = Field(max_length=10_000)
+    since: str = Field(max_length=40)
+
+    def to_json(self) -> bytes:
+        """json.dumps' default separators, keys in this order (as every version wrote it)."""
+        return json.dumps(
+            {"pid": self.pid, "host": self.host, "command": self.command, "since": self.since}
+        ).encode()

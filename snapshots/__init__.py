@@ -5,7 +5,7 @@
 
 from chromasnap.manifest import Snapshot
 
-from .backend import Backend, LocalBackend
+from .backend import Backend, ObjectInfo, StorageBackend
 from .errors import (
     CaptureError,
     ChromasnapError,
@@ -15,6 +15,7 @@ from .errors import (
     UsageError,
     WriterBusy,
 )
+from .local_backend import LocalBackend
 from .manager import SnapshotManager, default_store
 
 __all__ = [
@@ -23,9 +24,11 @@ __all__ = [
     "ChromasnapError",
     "LocalBackend",
     "LockTimeout",
+    "ObjectInfo",
     "Snapshot",
     "SnapshotManager",
     "SnapshotNotFound",
+    "StorageBackend",
     "StoreError",
     "UsageError",
     "WriterBusy",

@@ -7,29 +7,59 @@ embeddings through chromadb in a child process (collection_child.py).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, Protocol
 
 from blake3 import blake3
 from pydantic import BaseModel, Field
 
 from chromasnap.manifest import Snapshot
 
+from . import children, collection_child, versions
 from . import records as rx
-from . import versions
+from .capture import scan
 from .errors import ChromasnapError, StoreError, UsageError
+from .extract import extract
+from .fsutil import commit_file, temp_name
+from .guard import WriteGuard, describe_holders, open_by
+from .layout import SQLITE_NAME, check_database, inside
+from .repository import Repository
+from .sqlite_copy import SqliteCopy, check_tables, deadline_seconds, open_private
 
-if TYPE_CHECKING:
-    from .manager import SnapshotManager
+
+class Host(Protocol):
+    """What browsing uses of the SnapshotManager: its paths, repository and snapshots, and
+    a guarded write (restore --collection). Passed in: browse.py does not import manager.py."""
+
+    db_path: Path | None
+    store_path: Path
+
+    @property
+    def repo(self) -> Repository: ...
+
+    def _need_db(self) -> Path: ...
+
+    def get(self, ref: str) -> Snapshot: ...
+
+    def list(self) -> builtins.list[Snapshot]: ...
+
+    def before_write(
+        self,
+        reason: str = "",
+        tags: Sequence[str] = (),
+        note: str | None = None,
+        snapshot_reason: str = "pre-write",
+    ) -> WriteGuard: ...
+
 
 LIVE = "live"
 FIELD_NAMES = ("document", "metadata", "embedding")
@@ -141,7 +171,7 @@ class CollectionRestoreResult(BaseModel):
 # --- views of both sides --------------------------------------------------------------------
 
 
-def _side(mgr: SnapshotManager, ref: str, source: rx.RecordSource, work: Path) -> tuple[rx.Side, Any]:
+def _side(mgr: Host, ref: str, source: rx.RecordSource, work: Path) -> tuple[rx.Side, Any]:
     """The records and files of a snapshot or, for `live`, of the database."""
     if ref == LIVE:
         return _live(mgr, source, work)
@@ -157,8 +187,6 @@ CHILD_TIMEOUT = 3600.0
 def _reading(what: str) -> Iterator[None]:
     """SQLite errors of a private copy as one line naming it (a view that never ends is
     interrupted by the deadline of `sqlite_copy.open_private`)."""
-    from .sqlite_copy import deadline_seconds
-
     try:
         yield
     except sqlite3.Error as exc:
@@ -170,13 +198,10 @@ def _reading(what: str) -> Iterator[None]:
         raise StoreError(f"{what}: its chroma.sqlite3 cannot be read ({exc})") from None
 
 
-def _live(mgr: SnapshotManager, source: rx.RecordSource, work: Path) -> tuple[rx.Side, dict[str, Any]]:
+def _live(mgr: Host, source: rx.RecordSource, work: Path) -> tuple[rx.Side, dict[str, Any]]:
     """The live database's records (from a private copy of chroma.sqlite3 made under
     SQLite's read lock by a child) and its files as {path: stat, or for chroma.sqlite3
     ("hash", hash of the copy, size)}."""
-    from .capture import SQLITE_NAME, SqliteCopy, scan
-    from .manager import check_database
-
     db = mgr._need_db()
     check_database(db)
     copy = SqliteCopy(db / SQLITE_NAME, work / "live.sqlite3", records=True).start()
@@ -201,7 +226,7 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _file_diff(mgr: SnapshotManager, a: Any, b: Any) -> list[FileDiff]:
+def _file_diff(mgr: Host, a: Any, b: Any) -> list[FileDiff]:
     """Files that differ: snapshot entries by hash; live files by stat, then by hash."""
     if isinstance(a, dict) and isinstance(b, dict):
         return []  # the live database against itself
@@ -392,7 +417,7 @@ def _collection_diff(name: str, sa: rx.Side, sb: rx.Side, want_ids: bool, limit:
     return cd
 
 
-def diff(mgr: SnapshotManager, a: str, b: str | None, want_ids: bool = False, limit: int = 100) -> DiffResult:
+def diff(mgr: Host, a: str, b: str | None, want_ids: bool = False, limit: int = 100) -> DiffResult:
     """What changed from snapshot `a` to snapshot `b` (default: the live database)."""
     t0 = time.monotonic()
     if limit < 0:
@@ -426,7 +451,7 @@ def diff(mgr: SnapshotManager, a: str, b: str | None, want_ids: bool = False, li
 # --- find ------------------------------------------------------------------------------------------
 
 
-def find(mgr: SnapshotManager, record_id: str, collection: str | None = None) -> FindResult:
+def find(mgr: Host, record_id: str, collection: str | None = None) -> FindResult:
     """Every snapshot holding `record_id` (in `collection`, or any), oldest first, with what
     changed since the previous snapshot of the same database: appeared, changed, vanished."""
     t0 = time.monotonic()
@@ -530,14 +555,11 @@ def _value(sv: Any, iv: Any, fv: Any, bv: Any) -> Any:
     return fv
 
 
-def peek(
-    mgr: SnapshotManager, ref: str, collection: str, limit: int = 10, ids: list[str] | None = None
-) -> PeekResult:
+def peek(mgr: Host, ref: str, collection: str, limit: int = 10, ids: list[str] | None = None) -> PeekResult:
     """Records (id, document, metadata) of one collection of a snapshot, read with sqlite3
     from a private copy of its chroma.sqlite3 (no chromadb)."""
     if limit < 0:
         raise UsageError("--limit must be 0 or more")
-    from .sqlite_copy import check_tables, open_private
 
     snap = mgr.get(ref)
     work = rx.private_dir(mgr.repo, "peek")
@@ -599,35 +621,23 @@ def _peek(
 
 
 def _run_child(python: str | None, args: list[str], timeout: float | None) -> dict[str, Any]:
-    from . import collection_child
-    from .checker import kill_group, spawn_child
-
     interpreter = python or sys.executable
     try:
-        proc = spawn_child([interpreter, collection_child.__file__, *args])
+        done = children.run([interpreter, collection_child.__file__, *args], timeout)
     except OSError as exc:
         raise UsageError(f"cannot start {interpreter}: {exc.strerror or exc}") from None
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        kill_group(proc)
-        proc.wait()
-        if isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
-            raise ChromasnapError(f"chromadb did not finish within {timeout:g} s") from None
-        raise
-    lines = out.splitlines()
+    if done.timed_out:
+        raise ChromasnapError(f"chromadb did not finish within {timeout:g} s")
+    lines = done.stdout.splitlines()
     line = next((x for x in reversed(lines) if x.startswith(collection_child.MARK)), None)
     checked = next((x for x in lines if x.startswith(collection_child.CHECKED)), None)
     partial = json.loads(checked[len(collection_child.CHECKED) :]) if checked else None
-    if proc.returncode is not None and proc.returncode < 0:
-        import signal
-
-        name = signal.Signals(-proc.returncode).name
-        raise ChildFailed(f"chromadb's process was killed by {name}", partial)
+    if done.signal is not None:
+        raise ChildFailed(f"chromadb's process was killed by {done.signal}", partial)
     if line is None:
-        tail = (err or "").strip().splitlines()
+        tail = done.stderr.strip().splitlines()
         raise ChildFailed(
-            f"chromadb exited with {proc.returncode} and no report" + (f": {tail[-1]}" if tail else ""),
+            f"chromadb exited with {done.returncode} and no report" + (f": {tail[-1]}" if tail else ""),
             partial,
         )
     report: dict[str, Any] = json.loads(line[len(collection_child.MARK) :])
@@ -659,7 +669,7 @@ def _no_collection(snap: Snapshot, collection: str, names: list[str]) -> NoRetur
 
 
 def export(
-    mgr: SnapshotManager,
+    mgr: Host,
     ref: str,
     collection: str,
     out: str | os.PathLike[str],
@@ -668,20 +678,15 @@ def export(
 ) -> ExportResult:
     """Write one collection of a snapshot as JSON lines (id, document, metadata, embedding),
     streamed in batches by chromadb in a child; the file appears complete or not at all."""
-    from .extract import extract
-    from .fsutil import commit_file, temp_name
-
     t0 = time.monotonic()
     snap = mgr.get(ref)
     _collection_of(snap, collection)
     dest = Path(os.path.abspath(out))
     if dest.is_dir():
         raise UsageError(f"{dest} is a directory; give a file name")
-    from .manager import _inside
-
     real = Path(os.path.realpath(dest.parent))
-    for inside, what in ((mgr.store_path, "the store"), (mgr.db_path, "the database")):
-        if inside is not None and _inside(real, Path(os.path.realpath(inside))):
+    for folder, what in ((mgr.store_path, "the store"), (mgr.db_path, "the database")):
+        if folder is not None and inside(real, Path(os.path.realpath(folder))):
             raise UsageError(f"{dest} is inside {what}; write the export somewhere else")
     if not dest.parent.is_dir():
         raise UsageError(f"{dest.parent} does not exist")
@@ -710,7 +715,7 @@ def export(
 
 
 def restore_collection(
-    mgr: SnapshotManager,
+    mgr: Host,
     ref: str,
     collection: str,
     as_name: str | None = None,
@@ -719,12 +724,15 @@ def restore_collection(
     python: str | None = None,
     timeout: float | None = None,
 ) -> CollectionRestoreResult:
-    """Bring one collection of a snapshot back into the live database (see
-    `SnapshotManager.restore_collection`)."""
-    from .extract import extract
-    from .guard import describe_holders, open_by
-    from .manager import check_database
+    """Bring one collection of snapshot `ref` back into the live database, as `as_name` if
+    given; every other collection stays as it is.
 
+    Runs as a guarded write (database write lock, a `pre-restore` snapshot, a write intent)
+    through chromadb in a child process (`python`, default this interpreter). Records come
+    back with the same ids, documents, metadata and bit-identical embeddings, under the
+    collection's metadata and index configuration. An existing collection of the target
+    name is refused unless `replace`; it is dropped only after its replacement is complete.
+    """
     t0 = time.monotonic()
     db = mgr._need_db()
     check_database(db)
@@ -794,11 +802,8 @@ def _drop_temp(python: str | None, db: Path, temp: str) -> str:
 def _live_collections(db: Path, work: Path) -> set[str]:
     """Collection names of the live database, read from a private copy of chroma.sqlite3
     (made by a child under SQLite's read lock; the live file is never opened here)."""
-    from .capture import copy_sqlite
-    from .sqlite_copy import open_private
-
     copy = work / "names.sqlite3"
-    copy_sqlite(db / "chroma.sqlite3", copy)
+    SqliteCopy(db / SQLITE_NAME, copy).run()
     try:
         con = open_private(copy)
         try:

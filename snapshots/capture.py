@@ -8,17 +8,15 @@ already holds; the reverse order could pair old HNSW files with a purged queue.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
+import socket
 import stat
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +31,26 @@ from chromasnap.manifest import (
     PlainList,
     SkippedEntry,
     Snapshot,
+    Totals,
     WalState,
     dumps,
+    snapshot_id,
 )
 
 from . import hnsw
-from .errors import CaptureError
+from .children import installed_version
+from .errors import CaptureError, UsageError
+from .layout import OWN_PREFIX, SQLITE_NAME, SQLITE_SIDE_FILES
+from .owner import of_directory
 from .records import parent_versions, store_records
 from .repository import BlobWriter, Repository
+from .sqlite_copy import SqliteCopy
 from .sqlite_state import apply_hnsw, read_wal_state_file
 
-SQLITE_NAME = "chroma.sqlite3"
-OWN_PREFIX = ".chromasnap-"
-SQLITE_SIDE_FILES = (SQLITE_NAME + "-journal", SQLITE_NAME + "-wal", SQLITE_NAME + "-shm")
+__all__ = [
+    *("OWN_PREFIX", "SQLITE_NAME", "SQLITE_SIDE_FILES", "SqliteCopy"),
+    *("capture", "check_tags", "take_snapshot"),
+]
 READ_BLOCK = 4 << 20
 RETRIES = 4
 RACY_NS = 2_000_000_000
@@ -370,133 +375,6 @@ class Capturer:
         return entry, wal
 
 
-class SqliteCopy:
-    """A child process (sqlite_copy.py) copying a live chroma.sqlite3 under SQLite's read
-    lock. The live file is never opened in this process: see sqlite_copy.py for why.
-
-    `start()` returns once the child holds the lock (the captured state is then fixed),
-    so the caller can read the segment folders while the child copies; `finish()` waits.
-    """
-
-    def __init__(
-        self,
-        live: Path,
-        dest: Path,
-        timeout: float = 3600,
-        records: bool = False,
-        since: int | None = None,
-        hold: bool = False,
-    ) -> None:
-        import threading
-
-        from . import sqlite_copy
-        from .checker import kill_group, spawn_child
-
-        self.live, self.dest, self.timeout = live, dest, timeout
-        self.records = dest.with_name(dest.name + ".records") if records else None
-        extra = ["--records", str(self.records)] if self.records else []
-        if self.records and since is not None:
-            extra += ["--since", str(since)]
-        self.hold = hold
-        self.proc = spawn_child(
-            [
-                sys.executable,
-                sqlite_copy.__file__,
-                *(["--hold"] if hold else []),
-                str(live),
-                str(dest),
-                *extra,
-            ],
-            stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
-        )
-        self.locked_at: float | None = None
-        self.held_s = 0.0
-        self.timed_out = False
-
-        def expire() -> None:  # the pipes are read without a timeout: end the child instead
-            self.timed_out = True
-            kill_group(self.proc)
-
-        self._timer = threading.Timer(timeout, expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def release(self) -> None:
-        """End the read lock kept by `hold` (the child ends it by itself after HOLD_MAX s)."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            try:
-                self.proc.stdin.write("\n")
-                self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            if self.locked_at is not None:
-                self.held_s = time.monotonic() - self.locked_at
-
-    def start(self) -> SqliteCopy:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "LOCKED", or the error report if it failed
-        if line.strip() != "LOCKED":
-            self._fail(line)
-        self.locked_at = time.monotonic()
-        return self
-
-    def finish(self) -> dict[str, Any]:
-        # read through the same buffered pipe objects start() used (communicate() would
-        # bypass what readline() already buffered); the child writes little
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.release()
-        out = self.proc.stdout.read()
-        err = self.proc.stderr.read()
-        self.proc.wait()
-        self._timer.cancel()
-        if self.timed_out:
-            self.kill()
-            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s")
-        lines = out.strip().splitlines()
-        if self.proc.returncode != 0 or not lines:
-            self._fail(lines[-1] if lines else "", err)
-        info: dict[str, Any] = json.loads(lines[-1])
-        return info
-
-    def _fail(self, line: str, err: str | None = None) -> None:
-        if err is None:  # the child's own words, before it is gone
-            try:
-                rest = self.proc.stdout.read() if self.proc.stdout else ""
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-            except (OSError, ValueError):
-                rest, err = "", ""
-            if not line.strip() and rest.strip():
-                line = rest.strip().splitlines()[-1]
-        self.kill()
-        if self.timed_out:
-            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s")
-        try:
-            msg = json.loads(line)["error"]
-        except (ValueError, KeyError, TypeError, IndexError):
-            tail = (err or "").strip().splitlines()
-            msg = tail[-1] if tail else f"exit {self.proc.returncode}"
-        raise CaptureError(f"cannot read {self.live} with SQLite: {msg}")
-
-    def kill(self) -> None:
-        from .checker import kill_group
-
-        self._timer.cancel()
-        if self.proc.poll() is None:
-            kill_group(self.proc)
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        self.proc.wait()
-        self.dest.unlink(missing_ok=True)
-        if self.records is not None:
-            self.records.unlink(missing_ok=True)
-
-
-def copy_sqlite(live: Path, dest: Path, timeout: float = 3600) -> dict[str, Any]:
-    """Copy a live chroma.sqlite3 to `dest` from a child process; returns its report."""
-    return SqliteCopy(live, dest, timeout).start().finish()
-
-
 def capture(
     repo: Repository,
     writer: BlobWriter,
@@ -507,7 +385,7 @@ def capture(
     """Capture `root`: its dirs, files, skipped entries, WAL state and record index."""
     cap = Capturer(repo, writer, progress)
     found = scan(root)
-    scratch = repo.backend.scratch_dir()
+    scratch = repo.workdir.ensure()
     prev = {f.path: f for f in parent.files} if parent else {}
     racy_before = int(parent.created_at.timestamp() * 1e9) - RACY_NS if parent else 0
     index = repo.index()
@@ -781,3 +659,64 @@ def _capture_folder(
         f"segment folder {root / folder} kept changing during capture ({FOLDER_RETRIES} tries); "
         "take snapshots from before_write, or while no process writes"
     )
+
+
+def check_tags(tags: Sequence[str]) -> None:
+    """Tags are 1-100 characters without spaces or commas."""
+    for t in tags:
+        if not t or len(t) > 100 or any(c.isspace() or c == "," for c in t):
+            raise UsageError(f"invalid tag {t!r}: use 1-100 characters, no spaces or commas")
+
+
+def take_snapshot(
+    repo: Repository,
+    db_path: Path,
+    parent: Snapshot | None,
+    reason: str,
+    tags: Sequence[str],
+    note: str | None,
+    progress: Progress | None = None,
+) -> tuple[Snapshot, CaptureStats]:
+    """Capture `db_path` into `repo` and write the snapshot's document (packs, then the
+    index file, then the document and the catalog entry); the caller holds the store lock.
+    Unchanged files are taken from `parent` (the newest snapshot of the same database)."""
+    started = datetime.now(UTC)
+    writer = repo.writer()
+    try:
+        cap = capture(repo, writer, db_path, parent, progress)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    totals = Totals(
+        files=len(cap.files),
+        logical_bytes=sum(f.size for f in cap.files),
+        data_bytes=sum(f.data_bytes for f in cap.files),
+        read_bytes=cap.read_bytes,
+        new_blobs=writer.new_blobs,
+        new_bytes=writer.new_bytes,
+        reused_files=cap.reused,
+    )
+    snap = Snapshot(
+        id="0" * 64,
+        created_at=started,
+        reason=reason,
+        tags=list(tags),
+        note=note,
+        source=str(db_path),
+        hostname=socket.gethostname(),
+        root_mode=os.stat(db_path).st_mode & 0o7777,  # a symlinked db: its target's
+        owner=of_directory(db_path),
+        parent=parent.id if parent else None,
+        chromasnap_version=installed_version("chromasnap") or "",
+        chromadb_version=installed_version("chromadb"),
+        totals=totals,
+        dirs=cap.dirs,
+        files=cap.files,
+        skipped=cap.skipped,
+        wal=cap.wal,
+        records=cap.records,
+    )
+    snap.id = snapshot_id(snap)
+    repo.create_snapshot(snap)
+    return snap, cap.stats

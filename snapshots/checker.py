@@ -9,26 +9,42 @@ Rust panic or a segfault kills only the child and becomes the verdict `crashed`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
-import subprocess
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from blake3 import blake3
 from pydantic import BaseModel, Field
 
-from chromasnap.manifest import ChunkRef, FileEntry, HnswSplitList, PlainList, Snapshot, WalState
+from chromasnap.manifest import (
+    ChunkRef,
+    FileEntry,
+    HnswSplitList,
+    PlainList,
+    Snapshot,
+    Verification,
+    WalState,
+)
 
+from . import children, hnsw, locks, records, versions
 from . import probe as probe_script
-from .errors import StoreError
+from .errors import ChromasnapError, LockTimeout, SnapshotNotFound, StoreError
+from .extract import extract, join_streams, read_blobs
+from .guard import describe_holders, open_by
+from .layout import SQLITE_NAME, SQLITE_SIDE_FILES, check_database
+from .livecopy import copy_database
 from .pack import pack_name
 from .repository import Repository
+from .sqlite_state import apply_hnsw, read_wal_state_file
 
 Verdict = Literal["ok", "damaged", "exception", "crashed", "timeout", "mismatch"]
 PROBE_MARK = "CHROMASNAP-PROBE "
@@ -93,11 +109,9 @@ class HealthReport(BaseModel):
 
 def referenced_blobs(repo: Repository, snap: Snapshot) -> set[str]:
     """Every blob key a snapshot needs: its chunk lists and their chunks."""
-    from .records import referenced
-
     keys: set[str] = set()
     try:
-        keys |= referenced(repo, snap)
+        keys |= records.referenced(repo, snap)
     except StoreError:  # an unreadable index still names its directory blob
         keys |= {snap.records} if snap.records else set()
     for f in snap.files:
@@ -128,9 +142,6 @@ def check_objects(
     that files shared by many snapshots are read once per run. Memory stays flat: each
     file is streamed, a few blobs ahead, and never held whole.
     """
-    from . import records
-    from .extract import join_streams, read_blobs
-
     problems: list[str] = []
     checked = 0
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chromasnap-check")
@@ -208,10 +219,10 @@ def check_packs(repo: Repository, snap: Snapshot, verified: dict[str, str | None
 def _check_pack(repo: Repository, pid: str) -> str | None:
     name = pack_name(pid)
     try:
-        size = repo.backend.size(name)
+        size = repo.backend.stat(name)
         h = blake3()
         for off in range(0, size, PACK_READ):
-            h.update(repo.backend.read_range(name, off, min(PACK_READ, size - off)))
+            h.update(repo.backend.load(name, off, min(PACK_READ, size - off)))
     except (OSError, StoreError) as exc:
         return f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
     if h.hexdigest() != pid:
@@ -250,7 +261,7 @@ def run_probe(
     interpreter = python or sys.executable
     t0 = time.monotonic()
     try:
-        proc = spawn_child([interpreter, probe_script.__file__, str(db), "--sample", str(sample)])
+        done = children.run([interpreter, probe_script.__file__, str(db), "--sample", str(sample)], timeout)
     except OSError as exc:
         return ProbeReport(
             verdict="exception",
@@ -258,11 +269,8 @@ def run_probe(
             interpreter=interpreter,
             detail=f"cannot start {interpreter}: {exc.strerror or exc}",
         )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        out, err = proc.communicate()
+    out, err = done.stdout, done.stderr
+    if done.timed_out:
         return ProbeReport(
             verdict="timeout",
             ok=False,
@@ -271,21 +279,17 @@ def run_probe(
             stderr=_trim(err),
             duration_s=time.monotonic() - t0,
         )
-    except BaseException:
-        kill_group(proc)
-        proc.wait()
-        raise
     duration = time.monotonic() - t0
     report = ProbeReport(
         verdict="ok",
         ok=True,
-        returncode=proc.returncode,
+        returncode=done.returncode,
         interpreter=interpreter,
         stderr=_trim(err),
         duration_s=duration,
     )
-    if proc.returncode is not None and proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
+    name = done.signal
+    if name is not None:
         report.verdict, report.ok, report.signal = "crashed", False, name
         report.detail = f"chromadb killed the process with {name}" + (
             " (a Rust panic aborts)" if name == "SIGABRT" else ""
@@ -295,7 +299,7 @@ def run_probe(
     if line is None:
         report.verdict, report.ok = "exception", False
         tail = _trim(err).strip().splitlines()
-        report.detail = f"the probe exited with {proc.returncode} and no report" + (
+        report.detail = f"the probe exited with {done.returncode} and no report" + (
             f": {tail[-1]}" if tail else ""
         )
         return report
@@ -324,8 +328,6 @@ def hnsw_file_problems(db: Path) -> list[str]:
     its element count in 1.5.x, its capacity in 1.0.x; a truncated file can answer queries
     silently wrong), the link records, and the pickle's completeness and element count (a
     folder saved in part, as a capture that caught a save under way would hold it)."""
-    from . import hnsw
-
     problems = []
     for seg in sorted(db.iterdir()):
         if not seg.is_dir() or seg.is_symlink() or not (seg / "header.bin").is_file():
@@ -388,71 +390,278 @@ def compare(report: ProbeReport, expected: WalState | None) -> list[str]:
     return problems
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when chromasnap dies (Linux PR_SET_PDEATHSIG),
-    killed or crashed, so no child outlives it; it exits at once if that already happened.
-    prctl is resolved here, before the fork: the child only calls into libc."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: the timeout and group kill remain
-        return lambda: None
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
-
-
-def spawn_child(cmd: list[str], stdin: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
-    """Start a child (probe, collection export or restore, SQLite copy) in a session of its
-    own, so that it and anything it starts can be killed as a group, and killed with
-    chromasnap should chromasnap die first; no telemetry, no .pyc. Its output is decoded
-    leniently: a crash may print bytes of the damaged files. `stdin` is /dev/null unless a
-    child is driven through it (the SQLite copy holding its read lock)."""
-    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.Popen(
-        cmd,
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        env=env,
-        start_new_session=True,
-        preexec_fn=_die_with_parent(os.getpid()),
-    )
-
-
-def kill_group(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL a child started by `spawn_child` and its own children."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-
-
 def _trim(text: str, limit: int = 4000) -> str:
     text = text or ""
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
-def chromadb_version_of(python: str) -> str | None:
-    """chromadb's version in another interpreter, without importing it."""
+# --- verify: the verdict of each snapshot, recorded in its history --------------------------
+
+
+def verify_many(
+    repo: Repository,
+    snaps: Sequence[Snapshot],
+    listing: Callable[[], list[Snapshot]],
+    named: bool,
+    quick: bool = False,
+    python: str | None = None,
+    timeout: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[VerifyReport]:
+    """Verify `snaps` (shared files read once), record each verdict in its snapshot's
+    history. `listing()` gives every snapshot (to name those sharing a damaged blob);
+    `named`: the snapshots were asked for by name, so one removed meanwhile is an error."""
+    verified: dict[str, str | None] = {}
+    reports = []
+    for snap in snaps:
+        t0 = time.monotonic()
+        report = _check(repo, snap, quick, python, timeout, verified, progress, listing)
+        if not report.ok and report.verdict == "damaged":
+            confirmed = _confirm_damage(repo, snap, report, quick, python, timeout, progress, listing)
+            if confirmed is None:  # prune removed it while this run read it
+                if named:
+                    raise SnapshotNotFound(f"snapshot {snap.short_id} was removed while being verified")
+                continue
+            report = confirmed
+        if python is not None and not quick:
+            report.migration = _migration_note(snap, python)
+        report.duration_s = time.monotonic() - t0
+        record(repo, report, python)
+        reports.append(report)
+    return reports
+
+
+def _migration_note(snap: Snapshot, python: str) -> str | None:
+    """What opening `snap` with the chromadb of `python` does to its schema (one line)."""
     try:
-        out = subprocess.run(
-            [python, "-c", "import importlib.metadata as m; print(m.version('chromadb'))"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        known = versions.check_openable(snap.id, snap.wal.schema_migrations, snap.chromadb_version, python)
+    except versions.VersionMismatch as exc:
+        return str(exc)
+    except ChromasnapError:
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return versions.describe_migration(snap.wal.schema_migrations, known) if known else None
+
+
+def _check(
+    repo: Repository,
+    snap: Snapshot,
+    quick: bool,
+    python: str | None,
+    timeout: float | None,
+    verified: dict[str, str | None],
+    progress: Callable[[int], None] | None,
+    listing: Callable[[], list[Snapshot]],
+) -> VerifyReport:
+    """One snapshot's verdict: its stored bytes, and (unless `quick`) the probe."""
+    probe = None
+    if quick:
+        problems, checked = check_objects(repo, snap, verified, progress)
+    else:  # extracting checks every blob and every whole-file hash on the way
+        probe, problems = _probe_snapshot(repo, snap, python, timeout, verified)
+        checked = snap.totals.data_bytes if probe is not None else 0
+    if problems:
+        detail = damage_detail(repo, problems, listing())
+        if probe is not None:  # only pack hashes failed: the content was probed
+            detail += f"; probe {probe.verdict}: {probe.detail}"
+        return VerifyReport(
+            id=snap.id,
+            ok=False,
+            verdict="damaged",
+            mode="quick" if quick else "full",
+            detail=detail,
+            checked_bytes=checked,
+            probe=probe,
+            restorable=probe is not None and probe.ok,
+        )
+    if quick:
+        return VerifyReport(
+            id=snap.id,
+            ok=True,
+            verdict="ok",
+            mode="quick",
+            checked_bytes=checked,
+            detail=f"{snap.totals.files} files, {checked} bytes: every hash matches",
+        )
+    assert probe is not None
+    return VerifyReport(
+        id=snap.id,
+        ok=probe.ok,
+        verdict=probe.verdict,
+        mode="full",
+        detail=probe.detail,
+        checked_bytes=checked,
+        probe=probe,
+    )
+
+
+def _confirm_damage(
+    repo: Repository,
+    snap: Snapshot,
+    report: VerifyReport,
+    quick: bool,
+    python: str | None,
+    timeout: float | None,
+    progress: Callable[[int], None] | None,
+    listing: Callable[[], list[Snapshot]],
+) -> VerifyReport | None:
+    """Verify reads without a lock, so a prune running meanwhile may have moved a blob or
+    removed the snapshot under it. Damage is reported only once it is seen again under
+    the store lock (no prune then runs), with the index read afresh; None when the
+    snapshot is gone."""
+
+    def again() -> VerifyReport | None:
+        if snap.id not in repo.snapshot_ids():
+            return None
+        repo.reset_index()  # read every index file afresh
+        repo.backend.close()
+        if quick:
+            return _check(repo, snap, True, python, timeout, {}, progress, listing)
+        problems, _ = check_objects(repo, snap, {})
+        whole = VerifyReport(id=snap.id, ok=True, verdict="ok", mode="quick")
+        return report if problems else whole
+
+    try:
+        with locks.store_lock(repo.backend):
+            seen = again()
+    except (LockTimeout, StoreError, OSError):  # a read-only store, a long writer: look anyway
+        seen = again()
+    if seen is None or quick or not seen.ok:
+        return seen
+    return _check(repo, snap, quick, python, timeout, {}, progress, listing)  # whole: probe it again
+
+
+def damage_detail(repo: Repository, problems: list[str], snaps: list[Snapshot]) -> str:
+    """The problems, and for each damaged blob every snapshot of `snaps` that references it."""
+    detail = "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+    prefixes = {p for p in (damaged_blob_key(x) for x in problems) if p}
+    if prefixes:
+        users = []
+        for s in snaps:
+            keys = referenced_blobs(repo, s)
+            if any(k.startswith(p) for k in keys for p in prefixes):
+                users.append(s.short_id)
+        blobs = ", ".join(sorted(prefixes))
+        detail += f"; damaged blob(s) {blobs} referenced by snapshots {', '.join(users)}"
+    packs = {p for p in (damaged_pack_id(x) for x in problems) if p}
+    if packs:
+        index = repo.index()
+        users = [
+            s.short_id
+            for s in snaps
+            if any((loc := index.get(k)) and loc.pack[:16] in packs for k in referenced_blobs(repo, s))
+        ]
+        held = ", ".join(sorted(packs))
+        detail += f"; damaged pack(s) {held} hold blobs of snapshots {', '.join(users)}"
+        if all(damaged_pack_id(x) for x in problems):
+            detail += (
+                "; every blob these snapshots need still matches its hash, so they restore"
+                " as recorded, but the disk under the store deserves a check"
+            )
+    return detail
+
+
+def _probe_snapshot(
+    repo: Repository,
+    snap: Snapshot,
+    python: str | None,
+    timeout: float | None,
+    verified: dict[str, str | None],
+) -> tuple[ProbeReport | None, list[str]]:
+    """Extract privately (checking every blob) and probe; with any pack whose hash fails.
+
+    No probe (None) when a blob or the record index is damaged."""
+    work = repo.workdir.private(f"verify-{snap.id[:12]}")
+    try:
+        try:
+            db = extract(repo, snap, work / "db", durable=False)
+        except StoreError as exc:  # name exactly what is damaged
+            problems, _ = check_objects(repo, snap, {})
+            return None, problems or [str(exc)]
+        damaged = records.check(repo, snap)
+        if damaged:
+            return None, damaged
+        packs = check_packs(repo, snap, verified)  # content intact: still probe
+        probe = run_probe(db, snap.wal, python, timeout or DEFAULT_TIMEOUT)
+        return probe, packs
+    finally:  # also on Ctrl-C: the private copy never outlives the check
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def record(repo: Repository, report: VerifyReport, python: str | None) -> None:
+    """Append the verdict to the snapshot's verification history (under the store lock); a
+    read-only store still gets its verdict, just not its history."""
+    version = report.probe.chromadb_version if report.probe else None
+    if report.probe is None and python is None:
+        version = children.installed_version("chromadb")
+    elif version is None and python is not None:
+        version = children.chromadb_version_of(python)
+    entry = Verification(
+        at=datetime.now(UTC),
+        mode=report.mode,
+        interpreter=python or sys.executable,
+        chromadb_version=version,
+        verdict=report.verdict,
+        ok=report.ok,
+        duration_s=round(report.duration_s, 3),
+        detail=report.detail[:2000],
+    )
+    with contextlib.suppress(OSError, ChromasnapError):
+        repo.update_snapshot(report.id, lambda snap: snap.verifications.append(entry))
+
+
+# --- health: the live database ----------------------------------------------------------------
+
+
+def health(
+    db_path: Path, in_place: bool = False, python: str | None = None, timeout: float | None = None
+) -> HealthReport:
+    """Probe the live database: a private consistent copy by default (a crash or a
+    rolled-back journal then touches only the copy), the directory itself if `in_place`."""
+    check_database(db_path)
+    holders = open_by(db_path)  # a `chroma run` server, an application's client
+    if in_place and holders:
+        raise ChromasnapError(
+            f"{describe_holders(db_path, holders)}; --in-place would open the live files beside "
+            "it: drop --in-place to probe a private copy"
+        )
+    work: Path | None = None
+    try:
+        if in_place:
+            target = db_path
+        else:
+            parent = db_path.parent if os.access(db_path.parent, os.W_OK) else Path(tempfile.gettempdir())
+            work = Path(tempfile.mkdtemp(prefix=".chromasnap-health-", dir=parent))
+            target = work / "db"
+            copy_database(db_path, target)
+        # in place, the live chroma.sqlite3 is never opened in this process (see
+        # sqlite_copy.py), so there is no recorded state to compare with
+        expected = None if in_place else expected_state(target)
+        probe = run_probe(target, expected, python, timeout or DEFAULT_TIMEOUT)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    return HealthReport(
+        healthy=probe.ok,
+        verdict=probe.verdict,
+        detail=probe.detail,
+        in_place=in_place,
+        probe=probe,
+        holders=[f"pid {pid} ({cmd})" for pid, cmd in holders],
+    )
+
+
+def expected_state(db: Path) -> WalState | None:
+    """The WAL state of a (private) database directory, to compare the probe's findings with."""
+    if any((db / side).exists() for side in SQLITE_SIDE_FILES[:2]):
+        return None  # chromadb will first roll back or replay; counts are not comparable
+    state = read_wal_state_file(db / SQLITE_NAME)
+    info: dict[str, tuple[int | None, bool]] = {}
+    for seg in db.iterdir():
+        if seg.is_dir() and not seg.is_symlink() and (seg / "header.bin").is_file():
+            h = hnsw.parse_header((seg / "header.bin").read_bytes())
+            info[seg.name] = (
+                h.cur_element_count if h else None,
+                (seg / "index_metadata.pickle").exists(),
+            )
+    apply_hnsw(state, info)
+    return state

@@ -9,21 +9,21 @@ at worst some garbage that the next gc reclaims.
 
 from __future__ import annotations
 
-import json
-import re
-import stat
-import time
 from dataclasses import dataclass, field
 
-from blake3 import blake3
 from pydantic import BaseModel
 
-from chromasnap.manifest import Snapshot
+from chromasnap.manifest import PackEntry, Snapshot
 
 from .checker import _chunk_keys
 from .errors import StoreError
 from .fsutil import crash_point
-from .repository import INDEX_VERSION, Repository
+from .guard import alive
+from .records import referenced
+from .repository import Repository
+from .workdir import SCRATCH, STALE_S
+
+__all__ = ["SCRATCH", "STALE_S", "PruneEntry", "PruneResult", "References", "StoreStats", "gc", "stats"]
 
 
 class PruneEntry(BaseModel):
@@ -64,8 +64,6 @@ class References:
 
     def groups_of(self, snap: Snapshot) -> list[str]:
         """The keys of the chunk lists and the record index `snap` names (each read once)."""
-        from .records import referenced
-
         out: list[str] = []
         if snap.records is not None:
             if snap.records not in self.groups:
@@ -147,8 +145,10 @@ def gc(repo: Repository, live_snaps: list[Snapshot], refs: References | None = N
     repo.reset_index()
     live = (refs or References(repo)).of(live_snaps)
     index = repo.index()
-    on_disk = {name.rsplit("/", 1)[-1]: name for name in backend.list("packs")}
-    size_before = sum(backend.size(n) for n in on_disk.values())
+    listed = backend.list("packs")
+    on_disk = {o.name.rsplit("/", 1)[-1]: o.name for o in listed}
+    sizes = {o.name: o.size for o in listed}
+    size_before = sum(o.size for o in listed)
 
     # Each pack's blobs, from the index (packs no index names are orphans: a crashed run's)
     packs: dict[str, list[tuple[str, str, int, int, int]]] = {}
@@ -157,13 +157,13 @@ def gc(repo: Repository, live_snaps: list[Snapshot], refs: References | None = N
     for pid in list(packs):
         if pid not in on_disk:
             del packs[pid]  # the index names a pack that is gone; verify reports its blobs
-    keep: list[dict[str, object]] = []
+    keep: list[PackEntry] = []
     placed: set[str] = set()
     rewrite: list[str] = []
     # Packs whose blobs are all live keep as they are; the rest are rewritten or dropped.
     for pid, blobs in sorted(packs.items(), key=lambda kv: -sum(1 for b in kv[1] if b[0] in live)):
         if all(b[0] in live and b[0] not in placed for b in blobs):
-            keep.append({"id": pid, "size": backend.size(on_disk[pid]), "blobs": [list(b) for b in blobs]})
+            keep.append(PackEntry.model_construct(id=pid, size=sizes[on_disk[pid]], blobs=blobs))
             placed.update(b[0] for b in blobs)
         else:
             rewrite.append(pid)
@@ -185,15 +185,14 @@ def gc(repo: Repository, live_snaps: list[Snapshot], refs: References | None = N
             "gc stopped before deleting anything: run verify"
         )
     crash_point("gc-packed")
-    doc = json.dumps({"version": INDEX_VERSION, "packs": keep + new_packs}, separators=(",", ":")).encode()
-    new_index = f"index/{blake3(doc).hexdigest()}.json"
-    old_indexes = [n for n in backend.list("index") if n != new_index]
-    backend.write(new_index, doc)
+    old_indexes = repo.index_files()
+    new_index = repo.write_index(keep + new_packs)
+    old_indexes = [n for n in old_indexes if n != new_index]
     crash_point("gc-indexed")
     for name in old_indexes:
         backend.remove(name)
     crash_point("gc-old-index-removed")
-    kept_ids = {str(p["id"]) for p in keep} | {str(p["id"]) for p in new_packs}
+    kept_ids = {p.id for p in keep} | {p.id for p in new_packs}
     deleted = 0
     for pid, name in on_disk.items():
         if pid not in kept_ids:
@@ -201,43 +200,50 @@ def gc(repo: Repository, live_snaps: list[Snapshot], refs: References | None = N
             deleted += 1
             if deleted == 1:
                 crash_point("gc-first-pack-removed")
-    _clean_scratch(repo)
+    repo.workdir.clean(lambda pid: alive(pid, None))
     repo.reset_index()
-    size_after = sum(backend.size(n) for n in backend.list("packs"))
+    size_after = sum(o.size for o in backend.list("packs"))
     return size_before - size_after, len(rewrite), deleted
 
 
-SCRATCH = re.compile(
-    r"(?P<kind>pack|sqlite|hot|verify-[0-9a-f]{12}|diff|find|peek|export|restore-collection)-(?P<pid>[0-9]+)-.*"
-)
-"""tmp/ entries chromasnap makes: packs being written and SQLite copies (by writers, under
-the store lock), and the private folders of verify, diff, find, peek, export and
-restore --collection (by readers, without it), each named `<kind>-<pid>-<random>`."""
-STALE_S = 24 * 3600
+class SnapshotStats(BaseModel):
+    id: str
+    created_at: str
+    logical_bytes: int
+    unique_bytes: int
 
 
-def _clean_scratch(repo: Repository) -> None:
-    """Remove the scratch crashed runs left in tmp/ (gc holds the lock: no writer is active).
-    A reader's private folder goes once its process is gone (or after a day, should the
-    pid have been reused); anything else there is left alone."""
-    import shutil
+class StoreStats(BaseModel):
+    store_bytes: int
+    pack_bytes: int
+    referenced_bytes: int
+    logical_bytes: int
+    dedup_ratio: float
+    snapshots: list[SnapshotStats]
 
-    from .guard import alive
 
-    scratch = repo.backend.scratch_dir()
-    horizon = time.time() - STALE_S
-    for p in scratch.iterdir():
-        m = SCRATCH.fullmatch(p.name)
-        if m is None:
-            continue
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            continue
-        writer = m["kind"] in ("pack", "sqlite", "hot")
-        if not (writer or not alive(int(m["pid"]), None) or st.st_mtime < horizon):
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+def stats(repo: Repository, snaps: list[Snapshot]) -> StoreStats:
+    """Store size, logical size, dedup ratio, and what removing each snapshot frees (one
+    listing with sizes per folder: no call per file)."""
+    u = usage(repo, snaps)
+    backend = repo.backend
+    files = {o.name: o.size for d in ("packs", "index", "snapshots") for o in backend.list(d)}
+    packs = sum(v for k, v in files.items() if k.startswith("packs/"))
+    logical = sum(s.totals.logical_bytes for s in snaps)
+    per = [
+        SnapshotStats(
+            id=s.id,
+            created_at=s.created_at.isoformat(),
+            logical_bytes=s.totals.logical_bytes,
+            unique_bytes=freed_by(u, {s.id}),
+        )
+        for s in snaps
+    ]
+    return StoreStats(
+        store_bytes=sum(files.values()) + backend.stat("config.json"),
+        pack_bytes=packs,
+        referenced_bytes=sum(u.stored.values()),
+        logical_bytes=logical,
+        dedup_ratio=(logical / packs) if packs else 0.0,
+        snapshots=per,
+    )

@@ -1,4 +1,4 @@
-"""Write guards and their traces: the database write lock, write intents, open-file checks.
+"""Write guards and their traces: `WriteGuard`, write intents, open-file checks.
 
 A write intent is a small durable file in the store saying "pid P on host H started a
 guarded write of database D at T after snapshot S" (S is null when there was no database
@@ -9,21 +9,27 @@ and `recover` finds it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
-from chromasnap.manifest import ManifestError, limits
+from chromasnap.manifest import Event, ManifestError, Snapshot, limits
 from chromasnap.manifest.io import parse_json
 
-from .backend import Backend
-from .errors import StoreError
+from .backend import StorageBackend
+from .errors import ChromasnapError, StoreError, UsageError
+from .fsutil import crash_point, make_dirs
+from .layout import no_database_yet
+from .repository import Repository
+from .retention import has_rules
 
 
 def process_start(pid: int) -> int | None:
@@ -72,7 +78,7 @@ class Intent:
         return self.host == socket.gethostname() and not alive(self.pid, self.start)
 
 
-def write_intent(backend: Backend, snapshot_id: str | None, reason: str, db: Path) -> str:
+def write_intent(backend: StorageBackend, snapshot_id: str | None, reason: str, db: Path) -> str:
     """Durably record a guarded write of `db` that starts now; `snapshot_id` is the state to
     return to should the process die (None: no database, a fresh start). `db` must exist:
     its (dev, ino) tell a later `recover` that the directory is still the one written."""
@@ -91,7 +97,7 @@ def write_intent(backend: Backend, snapshot_id: str | None, reason: str, db: Pat
         "db_ino": st.st_ino,
         "snapshot": snapshot_id,
     }
-    backend.write(name, json.dumps(doc).encode())
+    backend.save(name, json.dumps(doc).encode(), create_only=True)
     return name
 
 
@@ -145,12 +151,12 @@ def parse_intent(name: str, raw: bytes) -> Intent:
     )
 
 
-def read_intents(backend: Backend, problems: list[str] | None = None) -> list[Intent]:
+def read_intents(backend: StorageBackend, problems: list[str] | None = None) -> list[Intent]:
     """Every well-formed write intent in the store (whatever it names); what is wrong with
     the others goes to `problems`."""
     out = []
     try:
-        names = backend.list("intents")
+        names = [o.name for o in backend.list("intents")]
     except StoreError as exc:  # prune (no `problems`) must stop: it would not know what to protect
         if problems is None:
             raise
@@ -158,7 +164,7 @@ def read_intents(backend: Backend, problems: list[str] | None = None) -> list[In
         return []
     for name in names:
         try:
-            out.append(parse_intent(name, backend.read(name, limits.MAX_SMALL_DOC)))
+            out.append(parse_intent(name, backend.load_bounded(name, limits.MAX_SMALL_DOC)))
         except (ValueError, StoreError) as exc:
             if problems is not None:
                 problems.append(f"write intent {name} is unreadable ({exc}); ignored")
@@ -166,7 +172,7 @@ def read_intents(backend: Backend, problems: list[str] | None = None) -> list[In
 
 
 def trusted_intents(
-    backend: Backend, db: Path, snapshot_created: Callable[[str], datetime | None]
+    backend: StorageBackend, db: Path, snapshot_created: Callable[[str], datetime | None]
 ) -> tuple[list[Intent], list[str]]:
     """The write intents `recover` may act on for `db`, and why each other one found is not.
 
@@ -310,3 +316,110 @@ def describe_holders(db: Path, holders: list[tuple[int, str]]) -> str:
     pid, cmd = holders[0]
     more = f" (and {len(holders) - 1} more)" if len(holders) > 1 else ""
     return f"pid {pid} ({cmd}) has files of {db} open{more}"
+
+
+def write_lock_holder(backend: StorageBackend) -> str:
+    """Who holds the database write lock, as far as the write intents tell."""
+    try:
+        live = [i for i in read_intents(backend) if not i.dead]
+    except (OSError, ChromasnapError):
+        live = []
+    if live:
+        return f"a guarded write (pid {live[0].pid}: {live[0].reason or 'no reason'})"
+    return "a guarded write or a restore"
+
+
+def add_event(mgr: Guarded, snap_id: str, kind: str, detail: str) -> None:
+    """Append to a snapshot's mutable event history (under the store lock), if it can."""
+    event = Event(at=datetime.now(UTC), kind=kind, detail=detail)
+    with contextlib.suppress(OSError, ChromasnapError):
+        mgr.repo.update_snapshot(snap_id, lambda snap: snap.events.append(event))
+
+
+# --- the guard ---------------------------------------------------------------------------------
+
+
+class Guarded(Protocol):
+    """What a WriteGuard uses of the SnapshotManager (passed in: guard.py does not import
+    manager.py)."""
+
+    backend: StorageBackend
+
+    @property
+    def repo(self) -> Repository: ...
+
+    def _need_db(self) -> Path: ...
+
+    def _write_lock(self, wait: bool = True) -> contextlib.AbstractContextManager[object]: ...
+
+    def _create_store(self) -> None: ...
+
+    def snapshot(
+        self, reason: str = "manual", tags: Sequence[str] = (), note: str | None = None
+    ) -> Snapshot: ...
+
+    def prune(self) -> object: ...
+
+
+class WriteGuard(contextlib.ContextDecorator):
+    """The context manager and decorator returned by `SnapshotManager.before_write`."""
+
+    def __init__(
+        self,
+        mgr: Guarded,
+        reason: str,
+        tags: Sequence[str],
+        note: str | None,
+        snapshot_reason: str = "pre-write",
+    ):
+        self.mgr, self.reason, self.tags, self.note = mgr, reason, tags, note
+        self.snapshot_reason = snapshot_reason
+        self.snapshot: Snapshot | None = None
+        self._lock: contextlib.ExitStack | None = None
+        self._intent: str | None = None
+
+    def _recreate_cm(self) -> WriteGuard:  # a fresh guard for each decorated call
+        return WriteGuard(self.mgr, self.reason, self.tags, self.note, self.snapshot_reason)
+
+    def __enter__(self) -> Snapshot | None:
+        db = self.mgr._need_db()
+        if not os.path.lexists(db.parent):  # before the store makes it 0700: as chromadb would
+            make_dirs(db.parent, 0o777)
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.mgr._write_lock())
+        try:
+            if no_database_yet(db):  # the first write: nothing to snapshot, "no database" to return to
+                self._first_write(db)
+            else:
+                self.snapshot = self.mgr.snapshot(
+                    reason=self.snapshot_reason, tags=self.tags, note=self.note or self.reason or None
+                )
+                self._intent = write_intent(self.mgr.backend, self.snapshot.id, self.reason, db)
+                rules = self.mgr.repo.config.retention
+                if rules.auto_prune and has_rules(rules):
+                    self.mgr.prune()
+        except BaseException:
+            stack.close()
+            raise
+        self._lock = stack
+        return self.snapshot
+
+    def _first_write(self, db: Path) -> None:
+        """Create the store (an empty one) and the database directory, both durably, then the
+        intent naming "no database": a crash at any point leaves a fresh start."""
+        if db.is_symlink() and not db.exists():
+            raise UsageError(f"database {db} is a symbolic link to a missing {os.readlink(db)}")
+        self.mgr._create_store()
+        make_dirs(db, 0o777)  # as chromadb makes it (less the umask); fsyncs each parent
+        crash_point("first-write-dir")
+        self._intent = write_intent(self.mgr.backend, None, self.reason, db)
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
+        try:
+            if et is not None and self.snapshot is not None:
+                add_event(self.mgr, self.snapshot.id, "write-failed", f"{et.__name__}: {ev}"[:500])
+            if self._intent:
+                self.mgr.backend.remove(self._intent)
+        finally:
+            if self._lock is not None:
+                self._lock.close()

@@ -16,8 +16,10 @@ import stat
 import time
 from pathlib import Path
 
-from .capture import RETRIES, SQLITE_NAME, _same, copy_sqlite, data_extents, scan
+from .capture import RETRIES, _same, data_extents, scan
 from .errors import CaptureError
+from .layout import SQLITE_NAME
+from .sqlite_copy import SqliteCopy
 
 FICLONE = 0x40049409
 
@@ -56,20 +58,13 @@ def copy_file(src: Path, dst: Path) -> os.stat_result:
         os.close(sfd)
 
 
-def _copy_sqlite(src: Path, dst: Path) -> str:
-    """chroma.sqlite3, copied by a child process under SQLite's read lock (see
-    sqlite_copy.py: the live file is never opened in this process)."""
-    info = copy_sqlite(src / SQLITE_NAME, dst / SQLITE_NAME)
-    return str(info["how"])
-
-
 def copy_database(src: Path, dst: Path) -> None:
     """Make `dst` (which must not exist) a consistent private copy of database `src`."""
     os.mkdir(dst, 0o700)
     found = scan(src)
     for d in found.dirs:
         os.mkdir(dst / d.path, 0o700)
-    _copy_sqlite(src, dst)
+    SqliteCopy(src / SQLITE_NAME, dst / SQLITE_NAME).run()  # under SQLite's read lock, in a child
     for rel, _st in found.files:
         if rel == SQLITE_NAME:
             continue

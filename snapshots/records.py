@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -37,7 +36,10 @@ from chromasnap.manifest import (
 from chromasnap.manifest.io import loads, parse_json
 
 from .errors import StoreError
+from .extract import Extractor, check_free_space
+from .layout import SQLITE_NAME
 from .repository import BlobWriter, Repository
+from .sqlite_copy import record_hashes, write_records
 
 Record = tuple[str, int]
 """(record id, seq_id)."""
@@ -234,8 +236,6 @@ class Side:
         }
 
     def hashes(self, view: CollectionView, recs: list[Record]) -> dict[str, Hashes]:
-        from .sqlite_copy import record_hashes
-
         out: dict[str, Hashes] = {}
         if not recs:
             return out
@@ -276,8 +276,6 @@ def from_lines(path: Path, source: RecordSource) -> RecordIndex:
 def snapshot_side(repo: Repository, snap: Snapshot, source: RecordSource, work: Path) -> Side:
     """A snapshot's side; its chroma.sqlite3 is materialized in `work` only if needed. A
     snapshot taken before record indexes (format 1) is indexed from it on the spot."""
-    from .sqlite_copy import write_records
-
     where = work / f"snap-{snap.id[:16]}"
     path: list[Path] = []
 
@@ -330,22 +328,18 @@ def check(repo: Repository, snap: Snapshot) -> list[str]:
 
 
 def private_dir(repo: Repository, what: str) -> Path:
-    work = repo.backend.scratch_dir() / f"{what}-{os.getpid()}-{os.urandom(4).hex()}"
-    os.mkdir(work, 0o700)
-    return work
+    return repo.workdir.private(what)
 
 
 def materialize_sqlite(repo: Repository, snap: Snapshot, work: Path) -> Path:
     """Write the snapshot's chroma.sqlite3 (every byte checked) into `work`; its path."""
-    from .extract import Extractor, check_free_space
-
-    entry = next((f for f in snap.files if f.path == "chroma.sqlite3"), None)
+    entry = next((f for f in snap.files if f.path == SQLITE_NAME), None)
     if entry is None:
-        raise StoreError(f"snapshot {snap.short_id} has no chroma.sqlite3")
+        raise StoreError(f"snapshot {snap.short_id} has no {SQLITE_NAME}")
     check_free_space(entry.data_bytes, work, f"the chroma.sqlite3 of snapshot {snap.short_id}")
     ex = Extractor(repo, durable=False)
     try:
         ex.write_file(work, entry)
     finally:
         ex.close()
-    return work / "chroma.sqlite3"
+    return work / SQLITE_NAME

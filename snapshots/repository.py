@@ -7,11 +7,12 @@ referenced by a snapshot is garbage that gc reclaims; no snapshot is ever partia
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +21,12 @@ import zstandard
 from blake3 import blake3
 
 from chromasnap.manifest import (
+    INDEX_VERSION,
+    CatalogDoc,
     ChunkListDoc,
+    IndexDoc,
     ManifestError,
+    PackEntry,
     Snapshot,
     StoreConfig,
     dumps,
@@ -32,21 +37,28 @@ from chromasnap.manifest import (
 )
 from chromasnap.manifest.io import parse_json
 
-from .backend import Backend
-from .errors import SnapshotNotFound, StoreError, UsageError
+from . import locks
+from .backend import StorageBackend
+from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
+from .workdir import WorkDir
 
-INDEX_VERSION = 1
+__all__ = ["INDEX_VERSION", "BlobWriter", "Parents", "Repository"]
 HEX64 = re.compile(r"[0-9a-f]{64}")
 SNAPSHOT_NAME = re.compile(r"snapshots/([0-9a-f]{64})\.json")
 
 
 class Repository:
-    """Typed access to one store. Readers need no lock; writers hold `backend.lock()`."""
+    """Typed access to one store. Readers need no lock; writers hold `locks.store_lock`.
 
-    def __init__(self, backend: Backend, config: StoreConfig) -> None:
+    The only writer of the store's documents: config, index files (`write_index`), the
+    catalog and snapshot documents."""
+
+    def __init__(self, backend: StorageBackend, config: StoreConfig) -> None:
         self.backend = backend
         self.config = config
+        self.workdir = WorkDir.of(backend)
+        """Local scratch (packs being written, private copies): not part of the store."""
         self._index: dict[str, BlobLocation] | None = None
         self._dctx = threading.local()
         self._index_lock = threading.Lock()
@@ -58,25 +70,29 @@ class Repository:
     # --- opening ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, backend: Backend) -> Repository:
+    def open(cls, backend: StorageBackend) -> Repository:
         if not backend.exists():
             raise UsageError(f"no chromasnap store at {backend.location}")
         try:
             config = load_config(
-                backend.read("config.json", limits.MAX_CONFIG), f"{backend.location}/config.json"
+                backend.load_bounded("config.json", limits.MAX_CONFIG), f"{backend.location}/config.json"
             )
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
         return cls(backend, config)
 
     @classmethod
-    def open_or_create(cls, backend: Backend, **config: Any) -> Repository:
+    def open_or_create(cls, backend: StorageBackend, **config: Any) -> Repository:
         if backend.exists():
             return cls.open(backend)
         backend.create()
         cfg = StoreConfig(id=os.urandom(32).hex(), created_at=datetime.now(UTC), **config)
-        backend.write("config.json", dumps(cfg))
+        backend.save("config.json", dumps(cfg))
         return cls(backend, cfg)
+
+    def save_config(self) -> None:
+        """Write the config (its retention rules changed; the caller holds the store lock)."""
+        self.backend.save("config.json", dumps(self.config))
 
     # --- index --------------------------------------------------------------------
 
@@ -95,7 +111,7 @@ class Repository:
         blobs to new packs: the map is reloaded whole, in place (a BlobWriter holds it)."""
         idx = self.index()
         with self._index_lock:
-            names = self.backend.list("index")
+            names = self.index_files()
             if not self._index_files <= set(names):
                 idx.clear()
                 self._index_files.clear()
@@ -104,10 +120,10 @@ class Repository:
                 if name in self._index_files:
                     continue
                 try:
-                    raw = self.backend.read(name, limits.MAX_INDEX_FILE)
+                    raw = self.backend.load_bounded(name, limits.MAX_INDEX_FILE)
+                except ObjectNotFound:
+                    continue  # removed by another process's gc since the listing
                 except StoreError as exc:
-                    if "is missing" in str(exc):
-                        continue  # removed by another process's gc since the listing
                     self.index_problems[name] = str(exc)
                     self._index_files.add(name)
                     continue
@@ -147,7 +163,16 @@ class Repository:
         return None
 
     def index_files(self) -> list[str]:
-        return self.backend.list("index")
+        return [o.name for o in self.backend.list("index")]
+
+    def write_index(self, packs: list[PackEntry]) -> str:
+        """Durably record where the blobs of `packs` lie, in one new index file named by
+        its content's hash; returns its name. (BlobWriter.commit and gc call this.)"""
+        raw = IndexDoc.of(packs).to_json()
+        name = f"index/{blake3(raw).hexdigest()}.json"
+        with contextlib.suppress(ObjectExists):  # the same content, named by its hash
+            self.backend.save(name, raw, create_only=True)
+        return name
 
     def reset_index(self) -> None:
         """Forget the cached index (after gc rewrote it)."""
@@ -167,13 +192,13 @@ class Repository:
             refused = f" ({n} index files had entries refused)" if n else ""
             raise StoreError(f"blob {key[:16]} is not in the store's index{refused}")
         try:
-            body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
+            body = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
         except StoreError:  # another process's gc may have moved it since the index was read
             moved = self._moved(key, loc)
             if moved is None:
                 raise
             loc = moved
-            body = self.backend.read_range(pack_name(loc.pack), loc.offset, loc.length)
+            body = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
         dctx = getattr(self._dctx, "d", None)
         if dctx is None:
             dctx = self._dctx.d = zstandard.ZstdDecompressor()
@@ -206,7 +231,7 @@ class Repository:
     def snapshot_ids(self) -> list[str]:
         """Ids of the documents in snapshots/ (only `<64 hex>.json` names: others are noted)."""
         out = []
-        for name in self.backend.list("snapshots"):
+        for name in (o.name for o in self.backend.list("snapshots")):
             m = SNAPSHOT_NAME.fullmatch(name)
             if m:
                 out.append(m.group(1))
@@ -217,7 +242,7 @@ class Repository:
     def load_snapshot(self, snap_id: str) -> Snapshot:
         name = f"snapshots/{snap_id}.json"
         try:
-            raw = self.backend.read(name, limits.MAX_SNAPSHOT_DOC)
+            raw = self.backend.load_bounded(name, limits.MAX_SNAPSHOT_DOC)
             return load_snapshot(raw, f"{self.backend.location}/{name}", expected_id=snap_id)
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
@@ -252,7 +277,8 @@ class Repository:
         try:
             if not self._has_catalog():
                 return set(), None
-            doc = parse_json(self.backend.read("catalog.json", limits.MAX_CATALOG), where, limits.MAX_CATALOG)
+            raw = self.backend.load_bounded("catalog.json", limits.MAX_CATALOG)
+            doc = parse_json(raw, where, limits.MAX_CATALOG)
             entries = doc["snapshots"]
             if not isinstance(entries, list):
                 raise TypeError("snapshots is not a list")
@@ -269,14 +295,14 @@ class Repository:
 
     def _has_catalog(self) -> bool:
         try:
-            self.backend.size("catalog.json")
+            self.backend.stat("catalog.json")
             return True
-        except FileNotFoundError:
+        except ObjectNotFound:
             return False
 
     def _write_catalog(self, ids: set[str]) -> None:
-        doc = {"version": INDEX_VERSION, "snapshots": sorted(ids)}
-        self.backend.write("catalog.json", json.dumps(doc, separators=(",", ":")).encode())
+        doc = CatalogDoc.model_construct(version=INDEX_VERSION, snapshots=sorted(ids))
+        self.backend.save("catalog.json", doc.to_json())
 
     def catalog_add(self, snap_id: str) -> None:
         ids, _ = self.catalog()
@@ -305,7 +331,25 @@ class Repository:
         return found[0]
 
     def save_snapshot(self, snap: Snapshot) -> None:
-        self.backend.write(f"snapshots/{snap.id}.json", dumps(snap))
+        """Replace a snapshot's document (its mutable fields changed: pinned, verifications,
+        events); the caller holds the store lock."""
+        self.backend.save(f"snapshots/{snap.id}.json", dumps(snap))
+
+    def create_snapshot(self, snap: Snapshot) -> None:
+        """Write a new snapshot's document (named by its content's hash), then list it in
+        the catalog; the caller holds the store lock."""
+        with contextlib.suppress(ObjectExists):  # the same document, named by its hash
+            self.backend.save(f"snapshots/{snap.id}.json", dumps(snap), create_only=True)
+        self.catalog_add(snap.id)
+
+    def update_snapshot(self, snap_id: str, change: Callable[[Snapshot], None]) -> Snapshot:
+        """Read a snapshot's document afresh under the store lock, apply `change` to its
+        mutable fields, and write it back."""
+        with locks.store_lock(self.backend):
+            snap = self.load_snapshot(snap_id)
+            change(snap)
+            self.save_snapshot(snap)
+        return snap
 
     # --- writing ------------------------------------------------------------------
 
@@ -327,11 +371,11 @@ class BlobWriter:
         self.pack_size = repo.config.pack_size
         # gc's repacking writes blobs the index already knows (in packs it will delete)
         self.known: dict[str, BlobLocation] = repo.index() if dedup else {}
-        self.scratch = repo.backend.scratch_dir()
+        self.scratch = repo.workdir.ensure()
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._pack: PackFile | None = None
-        self._packs: list[dict[str, Any]] = []
+        self._packs: list[PackEntry] = []
         self._local = threading.local()
         # one more thread than cores: the reading thread waits on I/O part of the time
         default = min(8, (os.cpu_count() or 1) + 1)
@@ -382,12 +426,15 @@ class BlobWriter:
     def _finish_pack(self, pack: PackFile) -> None:
         try:
             pack_id, local = pack.finish()
-            self.repo.backend.put_file(pack_name(pack_id), local)
+            try:
+                self.repo.backend.save_file(pack_name(pack_id), local, create_only=True)
+            except ObjectExists:  # the same bytes, named by their hash
+                local.unlink(missing_ok=True)
         except BaseException:
             pack.abort()
             raise
         with self._lock:
-            self._packs.append({"id": pack_id, "size": pack.size, "blobs": pack.blobs})
+            self._packs.append(PackEntry.model_construct(id=pack_id, size=pack.size, blobs=pack.blobs))
 
     def add(self, chunks: list[bytes], blob_type: str = "data") -> Future[list[str]]:
         """Queue a batch of blobs (about a MiB keeps per-task overhead small); the future
@@ -400,7 +447,7 @@ class BlobWriter:
     def add_sync(self, data: bytes, blob_type: str = "data") -> str:
         return self.add([data], blob_type).result()[0]
 
-    def commit(self, write_index: bool = True) -> list[dict[str, Any]]:
+    def commit(self, write_index: bool = True) -> list[PackEntry]:
         """Finish the last pack and durably record every new blob in one index file
         (gc writes its own consolidated index instead); returns the new packs."""
         self._pool.shutdown(wait=True)
@@ -413,12 +460,10 @@ class BlobWriter:
             fut.result()  # a failed pack fails the snapshot before anything refers to it
         packs = list(self._packs)
         if self._packs and write_index:
-            doc = json.dumps({"version": INDEX_VERSION, "packs": self._packs}, separators=(",", ":"))
-            raw = doc.encode()
-            self.repo.backend.write(f"index/{blake3(raw).hexdigest()}.json", raw)
+            self.repo.write_index(self._packs)
             for pack in self._packs:
-                for key, btype, off, length, rawlen in pack["blobs"]:
-                    self.known[key] = BlobLocation(pack["id"], btype, off, length, rawlen)
+                for key, btype, off, length, rawlen in pack.blobs:
+                    self.known[key] = BlobLocation(pack.id, btype, off, length, rawlen)
         self._packs = []
         return packs
 
@@ -433,3 +478,46 @@ class BlobWriter:
             if self._pack is not None:
                 self._pack.abort()
                 self._pack = None
+
+
+class Parents:
+    """Finds the parent of a new snapshot: the newest snapshot of the same database.
+
+    A document's creation time and source never change, so each is read once per
+    instance (a manager keeps one): every snapshot used to read them all, a cost growing
+    with the store's history."""
+
+    def __init__(self, source: os.PathLike[str] | None) -> None:
+        self.source = str(source)
+        self._seen: dict[str, tuple[datetime, str] | None] = {}
+        """Snapshot id -> (created_at, source); None: unreadable, never a parent."""
+        self._last: Snapshot | None = None
+
+    def add(self, snap: Snapshot) -> None:
+        """A snapshot this process just took."""
+        self._seen[snap.id], self._last = (snap.created_at, snap.source), snap
+
+    def newest(self, repo: Repository) -> Snapshot | None:
+        ids = repo.snapshot_ids()
+        for sid in ids:
+            if sid not in self._seen:
+                try:
+                    s = repo.load_snapshot(sid)
+                except StoreError:
+                    self._seen[sid] = None  # unreadable: never a parent (as before)
+                    continue
+                self._seen[sid] = (s.created_at, s.source)
+                if s.source == self.source:
+                    self._last = s
+        live = set(ids)
+        same = [
+            (meta[0], sid)
+            for sid, meta in self._seen.items()
+            if meta is not None and sid in live and meta[1] == self.source
+        ]
+        if not same:
+            return None
+        newest = max(same)[1]
+        if self._last is not None and self._last.id == newest:
+            return self._last
+        return repo.load_snapshot(newest)

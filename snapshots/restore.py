@@ -4,19 +4,56 @@ what was there; and, at start-up, decide whether that is needed.
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, model_validator
 
-from . import swap, versions
-from .errors import ChromasnapError, StoreError, UsageError
+from chromasnap.manifest import Snapshot
 
-if TYPE_CHECKING:
-    from .guard import Intent
-    from .manager import SnapshotManager
+from . import checker, owner, swap, versions
+from .backend import StorageBackend
+from .errors import ChromasnapError, StoreError, UsageError
+from .extract import extract
+from .guard import Intent, describe_holders, open_by, trusted_intents
+from .layout import OWN_PREFIX, SQLITE_NAME, inside, no_database_yet
+from .livecopy import copy_database
+from .repository import Repository
+
+
+class Host(Protocol):
+    """What restore and recover use of the SnapshotManager: its store, snapshots, a new
+    snapshot (pre-restore), verify and health. Passed in: restore.py does not import
+    manager.py."""
+
+    backend: StorageBackend
+    problems: builtins.list[str]
+
+    @property
+    def repo(self) -> Repository: ...
+
+    def _need_db(self) -> Path: ...
+
+    def get(self, ref: str) -> Snapshot: ...
+
+    def list(self) -> builtins.list[Snapshot]: ...
+
+    def snapshot(
+        self, reason: str = "manual", tags: Sequence[str] = (), note: str | None = None
+    ) -> Snapshot: ...
+
+    def verify(
+        self, ref: str, quick: bool = False, python: str | None = None, timeout: float | None = None
+    ) -> checker.VerifyReport: ...
+
+    def health(
+        self, in_place: bool = False, python: str | None = None, timeout: float | None = None
+    ) -> checker.HealthReport: ...
 
 
 class RestoreRefused(ChromasnapError):
@@ -81,7 +118,7 @@ INTERRUPTED = "interrupted guarded write"
 
 
 def restore(
-    mgr: SnapshotManager,
+    mgr: Host,
     ref: str,
     verify: bool = True,
     backup: bool = True,
@@ -89,10 +126,6 @@ def restore(
     python: str | None = None,
     timeout: float | None = None,
 ) -> RestoreResult:
-    from . import checker, owner
-    from .extract import extract
-    from .livecopy import copy_database
-
     given = mgr._need_db()
     db = swap.real_db(given)  # a symlinked database is restored into its target
     swap.finish_interrupted(db)
@@ -109,9 +142,7 @@ def restore(
         raise RestoreRefused(_no_permission(place, db, mount))
     who = owner.target_owner(db, snap.owner)
     token = os.urandom(4).hex()
-    staging = (
-        (db / f"{swap.OWN_PREFIX}restore-{token}") if mount else db.parent / f".{db.name}.restore-{token}"
-    )
+    staging = (db / f"{OWN_PREFIX}restore-{token}") if mount else db.parent / f".{db.name}.restore-{token}"
     result = RestoreResult(id=snap.id, db=str(given), mode="")
     try:
         extract(mgr.repo, snap, staging)  # every byte checked, every file fsynced
@@ -119,7 +150,7 @@ def restore(
             probe_dir = (
                 staging.parent / f".{db.name}.probe-{token}"
                 if not mount
-                else db / f"{swap.OWN_PREFIX}probe-{token}"
+                else db / f"{OWN_PREFIX}probe-{token}"
             )
             try:  # probe a copy: chromadb may write on open, the restore must stay exact
                 copy_database(staging, probe_dir)
@@ -136,7 +167,7 @@ def restore(
             problem = owner.apply(staging, who, given, include_root=True)
             if problem:
                 result.warnings.append(problem)
-        if backup and db.exists() and (db / "chroma.sqlite3").is_file():
+        if backup and db.exists() and (db / SQLITE_NAME).is_file():
             try:
                 result.pre_restore = mgr.snapshot(
                     reason="pre-restore", note=f"before restoring {snap.short_id}"
@@ -150,7 +181,7 @@ def restore(
     except PermissionError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         failed = Path(str(exc.filename)) if exc.filename else place
-        if failed != place and not _inside(failed, staging):  # not where the new one is built
+        if failed != place and not inside(failed, staging):  # not where the new one is built
             raise RestoreRefused(f"no permission for {failed} ({exc.strerror})") from None
         raise RestoreRefused(_no_permission(place, db, mount, exc)) from None
     except BaseException:
@@ -161,15 +192,9 @@ def restore(
     return result
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def refuse_if_held(db: Path) -> None:
     """Raise RestoreRefused naming a process that has the database open (the open-holders
     rule: nothing is swapped or written under a live process, whatever the reason)."""
-    from .guard import describe_holders, open_by
-
     if not db.exists():
         return
     holders = open_by(db)
@@ -191,7 +216,7 @@ def _no_permission(place: Path, db: Path, mount: bool, exc: OSError | None = Non
 
 
 def recover(
-    mgr: SnapshotManager,
+    mgr: Host,
     rollback_interrupted: bool = True,
     reset: bool = False,
     python: str | None = None,
@@ -215,8 +240,8 @@ def recover(
     reason = ""
     if not db.exists():
         reason = "the database directory does not exist"
-    elif not (db / "chroma.sqlite3").is_file():
-        reason = "the database has no chroma.sqlite3"
+    elif not (db / SQLITE_NAME).is_file():
+        reason = f"the database has no {SQLITE_NAME}"
     else:
         health = mgr.health(python=python, timeout=timeout)
         if not health.healthy:
@@ -284,12 +309,10 @@ def recover(
     )
 
 
-def _refuse_while_open(db: Path, intents: list, reason: str) -> None:  # type: ignore[type-arg]
+def _refuse_while_open(db: Path, intents: builtins.list[Intent], reason: str) -> None:
     """The open-holders rule in recover: a live process holding the database open means a
     writer is running (a write intent left by a dead guarded write notwithstanding), so
     nothing is swapped; there is no force here (`restore --force` is the way past)."""
-    from .guard import describe_holders, open_by
-
     if not db.exists() or not (intents or reason):
         return
     holders = open_by(db)
@@ -311,14 +334,10 @@ def _refuse_while_open(db: Path, intents: list, reason: str) -> None:  # type: i
     )
 
 
-def _trusted_intents(mgr: SnapshotManager, db: Path, warnings: list[str]) -> list[Intent]:
+def _trusted_intents(mgr: Host, db: Path, warnings: list[str]) -> list[Intent]:
     """The write intents recover may act on (guard.trusted_intents: this database's own,
     of a dead process on this host, after a snapshot in the store); why others are not
     goes to `warnings`."""
-    from datetime import datetime
-
-    from .guard import trusted_intents
-
     if not mgr.backend.exists():
         return []
 
@@ -333,7 +352,7 @@ def _trusted_intents(mgr: SnapshotManager, db: Path, warnings: list[str]) -> lis
     return trusted
 
 
-def _clear(mgr: SnapshotManager, intents: list) -> None:  # type: ignore[type-arg]
+def _clear(mgr: Host, intents: builtins.list[Intent]) -> None:
     for i in intents:
         mgr.backend.remove(i.name)
 
@@ -341,8 +360,6 @@ def _clear(mgr: SnapshotManager, intents: list) -> None:  # type: ignore[type-ar
 def _move_aside(db: Path) -> str | None:
     """Keep the broken database and leave an empty directory where it was (owned by the
     broken database's owner)."""
-    from . import owner
-
     if not db.exists():
         os.mkdir(db, 0o755)
         return None
@@ -350,7 +367,7 @@ def _move_aside(db: Path) -> str | None:
     staging = db.parent / f".{db.name}.empty-{os.urandom(4).hex()}"
     mount = swap.is_mount_point(db)
     if mount:
-        staging = db / f"{swap.OWN_PREFIX}empty-{os.urandom(4).hex()}"
+        staging = db / f"{OWN_PREFIX}empty-{os.urandom(4).hex()}"
     os.mkdir(staging, 0o755)
     if who is not None:
         owner.apply(staging, who, db)
@@ -362,7 +379,7 @@ def _move_aside(db: Path) -> str | None:
 
 
 def _first_run(
-    mgr: SnapshotManager,
+    mgr: Host,
     db: Path,
     intents: list[Intent],
     rollback_interrupted: bool,
@@ -378,8 +395,6 @@ def _first_run(
       start; nothing is created. With snapshots the usual path restores the newest that
       verifies (a bare machine).
     """
-    from .manager import no_database_yet
-
     stale = [i for i in intents if i.snapshot is None and _snapshotted_since(mgr, db, i.started_at)]
     if stale:  # the database was snapshotted since: "no database" is no state to return to
         _clear(mgr, stale)
@@ -403,14 +418,14 @@ def _first_run(
     return RecoverResult(action="none", kind="fresh-start", reason="no database yet", finished_swap=finished)
 
 
-def _snapshotted_since(mgr: SnapshotManager, db: Path, started_at: str) -> bool:
+def _snapshotted_since(mgr: Host, db: Path, started_at: str) -> bool:
     """A snapshot of `db` was taken at or after `started_at` (an intent's UTC second)."""
     return any(
         s.source == str(db) and s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") >= started_at for s in mgr.list()
     )
 
 
-def _no_snapshots(mgr: SnapshotManager) -> str:
+def _no_snapshots(mgr: Host) -> str:
     """Why nothing could be restored when the store offers no snapshot at all."""
     where = mgr.backend.location
     if mgr.backend.exists() and mgr.problems:

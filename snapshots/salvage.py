@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from . import salvage_hnsw, salvage_sqlite
+from . import children, salvage_hnsw, salvage_sqlite, sqlite_copy
+from .collection_child import readback
+from .layout import SQLITE_NAME
 from .salvage_sqlite import ADD, DELETE, UPDATE, UPSERT, CollectionInfo, QueueRow, TableHealth
 
 QUEUE, HNSW = "queue", "hnsw"
@@ -122,9 +123,7 @@ class Salvage:
 
 def returned_embedding(raw: Any, space: str) -> bytes:
     """What chromadb's get returns for a vector added as `raw` (float32)."""
-    import numpy as np
-
-    from .collection_child import readback
+    import numpy as np  # lazy: numpy only when salvage reads vectors
 
     vec = np.asarray(raw, dtype=np.float32)
     if space == "cosine":
@@ -137,20 +136,15 @@ def copy_sqlite(
 ) -> dict[str, Any]:
     """Make `dest` a private copy of the database's chroma.sqlite3 with `sqlite_copy.py` in
     a child process (a hot journal is rolled back in the copy, the original is untouched);
-    its JSON report. Raises OSError with the child's one-line error."""
-    from . import sqlite_copy
-
-    proc = subprocess.run(
-        [python, sqlite_copy.__file__, str(db_dir / "chroma.sqlite3"), str(dest)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    its JSON report. Raises OSError with the child's one-line error. (Not `SqliteCopy`: the
+    database is not live here, and the child may run under another interpreter.)"""
+    done = children.run([python, sqlite_copy.__file__, str(db_dir / SQLITE_NAME), str(dest)], timeout)
+    if done.timed_out:
+        raise OSError(f"cannot copy {SQLITE_NAME}: no answer within {timeout:g} s")
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     report: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    if proc.returncode != 0 or "error" in report or not lines:
-        raise OSError(f"cannot copy chroma.sqlite3: {report.get('error') or proc.stderr.strip()[-300:]}")
+    if done.returncode != 0 or "error" in report or not lines:
+        raise OSError(f"cannot copy {SQLITE_NAME}: {report.get('error') or done.stderr.strip()[-300:]}")
     return report
 
 

@@ -1,7 +1,10 @@
 """Copy a live chroma.sqlite3 consistently, from a child process of its own.
 
-Run as `python sqlite_copy.py LIVE DEST`; prints one JSON line. It imports only the
-standard library. Why a child: SQLite's locks are POSIX advisory locks, which belong to
+Run as `python sqlite_copy.py LIVE DEST`; prints one JSON line. As a child it imports only
+the standard library; imported as a module it is also the parent side (`SqliteCopy`, started
+through children.py), the one way chromasnap copies a live chroma.sqlite3.
+
+Why a child: SQLite's locks are POSIX advisory locks, which belong to
 the process and are all dropped when *any* descriptor of the file is closed in that
 process. Opening chroma.sqlite3 in the parent (to read it, or even with Python's own
 sqlite3 module, a different SQLite library than chromadb's) could silently release the
@@ -26,15 +29,23 @@ save already under way finishes meanwhile; docs/capture.md has the measurements)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import select
 import shutil
 import sqlite3
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
+
+if __package__:  # imported by chromasnap (the parent side); the child runs with the stdlib only
+    from . import children
+    from .errors import CaptureError
 
 HOLD_MAX = 20.0
 """Seconds the read lock is held at most: chromadb's writers wait on it, and give up
@@ -358,6 +369,129 @@ def record_hashes(
         return {rid: (seq, *hashes[r]) for rid, (r, seq) in found.items()}
     finally:
         db.close()
+
+
+# --- the parent side (imported as chromasnap.snapshots.sqlite_copy; never in the child) -----
+
+
+class SqliteCopy:
+    """The parent side: this script run as a child (children.py) copying a live
+    chroma.sqlite3 under SQLite's read lock. The live file is never opened in the parent.
+
+    `start()` returns once the child holds the lock (the captured state is then fixed),
+    so the caller can read the segment folders while the child copies; `finish()` waits.
+    """
+
+    def __init__(
+        self,
+        live: Path,
+        dest: Path,
+        timeout: float = 3600,
+        records: bool = False,
+        since: int | None = None,
+        hold: bool = False,
+        python: str | None = None,
+    ) -> None:
+        self.live, self.dest, self.timeout = live, dest, timeout
+        self.records = dest.with_name(dest.name + ".records") if records else None
+        extra = ["--records", str(self.records)] if self.records else []
+        if self.records and since is not None:
+            extra += ["--since", str(since)]
+        self.hold = hold
+        self.proc = children.spawn(
+            [
+                python or sys.executable,
+                __file__,
+                *(["--hold"] if hold else []),
+                str(live),
+                str(dest),
+                *extra,
+            ],
+            stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
+        )
+        self.locked_at: float | None = None
+        self.held_s = 0.0
+        self.timed_out = False
+
+        def expire() -> None:  # the pipes are read without a timeout: end the child instead
+            self.timed_out = True
+            children.kill_group(self.proc)
+
+        self._timer = threading.Timer(timeout, expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def release(self) -> None:
+        """End the read lock kept by `hold` (the child ends it by itself after HOLD_MAX s)."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.write("\n")
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            if self.locked_at is not None:
+                self.held_s = time.monotonic() - self.locked_at
+
+    def start(self) -> SqliteCopy:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "LOCKED", or the error report if it failed
+        if line.strip() != "LOCKED":
+            self._fail(line)
+        self.locked_at = time.monotonic()
+        return self
+
+    def run(self) -> dict[str, Any]:
+        """Copy at once: start, then finish; the child's report."""
+        return self.start().finish()
+
+    def finish(self) -> dict[str, Any]:
+        # read through the same buffered pipe objects start() used (communicate() would
+        # bypass what readline() already buffered); the child writes little
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.release()
+        out = self.proc.stdout.read()
+        err = self.proc.stderr.read()
+        self.proc.wait()
+        self._timer.cancel()
+        if self.timed_out:
+            self.kill()
+            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s")
+        lines = out.strip().splitlines()
+        if self.proc.returncode != 0 or not lines:
+            self._fail(lines[-1] if lines else "", err)
+        info: dict[str, Any] = json.loads(lines[-1])
+        return info
+
+    def _fail(self, line: str, err: str | None = None) -> None:
+        if err is None:  # the child's own words, before it is gone
+            try:
+                rest = self.proc.stdout.read() if self.proc.stdout else ""
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+            except (OSError, ValueError):
+                rest, err = "", ""
+            if not line.strip() and rest.strip():
+                line = rest.strip().splitlines()[-1]
+        self.kill()
+        if self.timed_out:
+            raise CaptureError(f"could not read {self.live} within {self.timeout:g} s")
+        try:
+            msg = json.loads(line)["error"]
+        except (ValueError, KeyError, TypeError, IndexError):
+            tail = (err or "").strip().splitlines()
+            msg = tail[-1] if tail else f"exit {self.proc.returncode}"
+        raise CaptureError(f"cannot read {self.live} with SQLite: {msg}")
+
+    def kill(self) -> None:
+        self._timer.cancel()
+        if self.proc.poll() is None:
+            children.kill_group(self.proc)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        self.proc.wait()
+        self.dest.unlink(missing_ok=True)
+        if self.records is not None:
+            self.records.unlink(missing_ok=True)
 
 
 def main() -> int:

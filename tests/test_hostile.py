@@ -250,8 +250,8 @@ def test_crafted_write_intents_are_reported_not_acted_upon(base: hostile.Base) -
 
 
 def test_trusted_intent_is_this_databases_own(base: hostile.Base, tmp_path: Path) -> None:
-    from chromasnap.snapshots.backend import LocalBackend
     from chromasnap.snapshots.guard import trusted_intents, write_intent
+    from chromasnap.snapshots.local_backend import LocalBackend
 
     store = tmp_path / "s"
     shutil.copytree(base.store, store)

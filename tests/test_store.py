@@ -73,7 +73,8 @@ HOLD = """
 import sys, time
 from pathlib import Path
 from chromasnap.snapshots import LocalBackend
-with LocalBackend(Path(sys.argv[1])).lock():
+from chromasnap.snapshots.locks import store_lock
+with store_lock(LocalBackend(Path(sys.argv[1]))):
     print("locked", flush=True)
     time.sleep(30)
 """
@@ -99,7 +100,7 @@ def test_lock_timeout_names_the_holder(db: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_full_disk_leaves_no_partial_snapshot(db: Path, tmp_path: Path) -> None:
     """A real ENOSPC from a 3 MiB tmpfs when the machine lets us mount one; otherwise the
-    fault is injected at the one seam every pack goes through (LocalBackend.put_file)."""
+    fault is injected at the one seam every pack goes through (LocalBackend.save_file)."""
     store = tmp_path / "small-store"
     store.mkdir()
     mounted = (
@@ -114,22 +115,22 @@ def test_full_disk_leaves_no_partial_snapshot(db: Path, tmp_path: Path) -> None:
         mgr = SnapshotManager(db, store)
         if not mounted:
             calls = {"n": 0}
-            real = LocalBackend.put_file
+            real = LocalBackend.save_file
 
-            def put_file(self: LocalBackend, name: str, local: Path) -> None:
+            def save_file(self: LocalBackend, name: str, local: Path, *, create_only: bool = False) -> str:
                 calls["n"] += 1
                 if calls["n"] == 2:
                     raise OSError(errno.ENOSPC, "No space left on device (injected)")
-                real(self, name, local)
+                return real(self, name, local, create_only=create_only)
 
-            LocalBackend.put_file = put_file  # type: ignore[method-assign]
+            LocalBackend.save_file = save_file  # type: ignore[method-assign]
         try:
             with pytest.raises((OSError, CaptureError)) as err:
                 mgr.snapshot()
             assert getattr(err.value, "errno", None) == errno.ENOSPC or "No space left" in str(err.value)
         finally:
             if not mounted:
-                LocalBackend.put_file = real  # type: ignore[method-assign]
+                LocalBackend.save_file = real  # type: ignore[method-assign]
         assert SnapshotManager(db, store).list() == []
         assert not list((store / "snapshots").iterdir())
         assert not list((store / "tmp").iterdir())  # the pack being written was removed
@@ -187,7 +188,7 @@ def test_pack_reads_from_many_threads_over_more_files_than_the_fd_cache(tmp_path
     backend.create()
     names = [f"packs/{i:02x}/{i:02x}{'0' * 62}" for i in range(LocalBackend.MAX_FDS * 2)]
     for i, name in enumerate(names):
-        backend.write(name, bytes([i]) * 8192)
+        backend.save(name, bytes([i]) * 8192)
     errors: list[BaseException] = []
 
     def reader(seed: int) -> None:
@@ -195,7 +196,7 @@ def test_pack_reads_from_many_threads_over_more_files_than_the_fd_cache(tmp_path
         try:
             for _ in range(3000):
                 i = rng.randrange(len(names))
-                if backend.read_range(names[i], rng.randrange(4096), 4096) != bytes([i]) * 4096:
+                if backend.load(names[i], rng.randrange(4096), 4096) != bytes([i]) * 4096:
                     raise AssertionError(f"read of {names[i]} returned another file's bytes")
                 if rng.random() < 0.01:
                     backend.close()  # what a reader does after another process's gc
