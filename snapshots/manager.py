@@ -926,6 +926,55 @@ class SnapshotManager:
             snapshots=per,
         )
 
+    # --- asyncio: the same calls, their blocking work in a worker thread (aio.py) ------
+
+    def before_write_async(
+        self,
+        reason: str = "",
+        tags: Sequence[str] = (),
+        note: str | None = None,
+        snapshot_reason: str = "pre-write",
+    ) -> contextlib.AbstractAsyncContextManager[Snapshot | None]:
+        """`async with mgr.before_write_async(reason=...)`: `before_write` for asyncio (docs/asyncio.md)."""
+        from .aio import before_write
+
+        return before_write(self, reason, tags, note, snapshot_reason)
+
+    async def snapshot_async(
+        self,
+        reason: str = "manual",
+        tags: Sequence[str] = (),
+        note: str | None = None,
+        progress: Progress | None = None,
+        *,
+        exclusive: bool = False,
+        wait: bool = True,
+    ) -> Snapshot:
+        """`snapshot` in a worker thread; cancelled mid-capture, it stores nothing referenced."""
+        from .aio import snapshot
+
+        return await snapshot(self, reason, tags, note, progress, exclusive=exclusive, wait=wait)
+
+    async def recover_async(
+        self,
+        rollback_interrupted: bool = True,
+        reset: bool = False,
+        python: str | None = None,
+        timeout: float | None = None,
+    ) -> RecoverResult:
+        """`recover` in a worker thread, in turn with this loop's guarded writes of the store."""
+        from .aio import recover
+
+        return await recover(self, rollback_interrupted, reset, python, timeout)
+
+    async def health_async(
+        self, in_place: bool = False, python: str | None = None, timeout: float | None = None
+    ) -> HealthReport:
+        """`health` in a worker thread (the probe itself is a child process)."""
+        from .aio import health
+
+        return await health(self, in_place, python, timeout)
+
 
 class SnapshotStats(BaseModel):
     id: str
