@@ -37,13 +37,29 @@ def docs(prefix: str, n: int) -> dict[str, list[str]]:
     return {"ids": [f"{prefix}{i}" for i in range(n)], "texts": [f"document {prefix} {i}" for i in range(n)]}
 
 
+def intents(store: Path) -> list[Path]:
+    """The write intents in place (not one being written under its temporary name)."""
+    folder = store / "intents"
+    return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+
+
+def assertion_in(exc: BaseException) -> AssertionError | None:
+    """An AssertionError of the test, also from inside the stdio client's task groups."""
+    if isinstance(exc, AssertionError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        if found := assertion_in(inner):
+            return found
+    return None
+
+
 async def wait_for_the_write(store: Path, sqlite: Path) -> dict[str, Any]:
     """The write intent of the guarded write, once its first batch is in chroma.sqlite3."""
     deadline = time.monotonic() + 120
-    while not (store / "intents").is_dir() or not list((store / "intents").iterdir()):
+    while not (names := intents(store)):
         assert time.monotonic() < deadline, "no write intent appeared"
         await asyncio.sleep(0.005)
-    (name,) = list((store / "intents").iterdir())
+    (name,) = names
     intent: dict[str, Any] = json.loads(name.read_text())
     before = sqlite.stat().st_mtime_ns
     while sqlite.stat().st_mtime_ns == before:
@@ -74,12 +90,11 @@ def test_mcp_server_indexes_is_killed_mid_write_and_recovers(tmp_path: Path) -> 
     try:
         intent = asyncio.run(first_run())
     except BaseException as exc:  # the stdio client's task group may re-raise the lost server
-        if isinstance(exc, AssertionError):
-            raise
-        intents = list((store / "intents").iterdir())
-        assert len(intents) == 1, exc
-        intent = json.loads(intents[0].read_text())
-    assert len(list((store / "intents").iterdir())) == 1  # left behind by the killed server
+        if failed := assertion_in(exc):
+            raise failed from exc
+        assert len(intents(store)) == 1, exc
+        intent = json.loads(intents(store)[0].read_text())
+    assert len(intents(store)) == 1  # left behind by the killed server
 
     async def second_run() -> tuple[dict[str, Any], dict[str, Any]]:
         async with stdio_client(server(db)) as (r, w), ClientSession(r, w) as session:
@@ -92,4 +107,4 @@ def test_mcp_server_indexes_is_killed_mid_write_and_recovers(tmp_path: Path) -> 
     assert status["kind"] == "rolled-back" and status["count"] == 200, status
     assert status["kept"] and Path(status["kept"]).is_dir()  # what the killed write left
     assert after["count"] == 210 and after["pre_write_snapshot"] != intent["snapshot"]
-    assert not list((store / "intents").iterdir())
+    assert not intents(store)
