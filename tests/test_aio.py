@@ -85,23 +85,25 @@ def test_two_guarded_writes_from_one_loop_take_turns(db: Path) -> None:
 def test_cancelled_mid_capture_leaves_no_snapshot_intent_or_lock(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled while its worker reads the database (seam: the capture's read of a block
-    cancels the task once, then waits for the loop to deliver it): no snapshot, no intent,
-    no lock; the database is untouched and the next guarded write works."""
+    """Cancelled while its worker reads the database (seam: the capture's first read of a
+    block cancels the task, then waits until the cancellation has reached the worker's stop
+    event): no snapshot, no intent, no lock; the database is untouched and the next guarded
+    write works."""
     from chromasnap.snapshots import capture
 
     real_read = capture.Capturer._read
     fired = threading.Event()
-    delivered = threading.Event()
+    done_while_worker_ran: list[bool] = []
     task: asyncio.Task[None] | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
     def read(self: capture.Capturer, fd: int, offset: int, length: int):  # type: ignore[no-untyped-def]
         if not fired.is_set():
             fired.set()
-            assert loop is not None and task is not None
+            assert loop is not None and task is not None and self.stop is not None
             loop.call_soon_threadsafe(task.cancel)
-            assert delivered.wait(10)
+            assert self.stop.wait(30)  # set by the cancelled task, which now waits for us
+            done_while_worker_ran.append(task.done())
         return real_read(self, fd, offset, length)
 
     monkeypatch.setattr(capture.Capturer, "_read", read)
@@ -115,17 +117,12 @@ def test_cancelled_mid_capture_leaves_no_snapshot_intent_or_lock(
         nonlocal task, loop
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(guarded())
-        while not fired.is_set():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # the cancel is delivered: the task now waits for its worker
-        assert not task.done()
-        delivered.set()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
     mgr = SnapshotManager(db)
-    assert fired.is_set() and not entered
+    assert fired.is_set() and not entered and done_while_worker_ran == [False]
     assert mgr.list() == []  # nothing referenced: the capture stopped at its next block
     assert_clean(mgr)
     monkeypatch.undo()
