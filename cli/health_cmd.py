@@ -34,15 +34,42 @@ def health_cmd(
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
 ) -> None:
-    """Probe the live database with chromadb in a child process; exit 0 healthy, 1 not."""
-    report = manager(db, store, allow_foreign_owner).health(in_place=in_place, python=python, timeout=timeout)
-    if json_out:
+    """Probe the live database with chromadb in a child process; exit 0 healthy, 1 not, 2 bad
+    input (no database there). A container health check: docs/monitoring.md."""
+    from chromasnap.snapshots import ChromasnapError
+
+    mgr = manager(db, store, allow_foreign_owner)
+    try:
+        report = mgr.health(in_place=in_place, python=python, timeout=timeout)
+    except ChromasnapError as exc:
+        if not json_out or exc.exit_code != 1:
+            raise
+        # found broken before the probe ran (chroma.sqlite3 unreadable): still a verdict
+        print_json(
+            {
+                "healthy": False,
+                "verdict": "damaged",
+                "detail": str(exc),
+                "database": str(mgr.db_path),
+                "in_place": in_place,
+                "chromadb_version": None,
+                "collections": None,
+                "duration_s": None,
+            }
+        )
+        raise typer.Exit(1) from None
+    if json_out:  # the fields docs/monitoring.md documents (a container's health check reads them)
         print_json(
             {
                 "healthy": report.healthy,
                 "verdict": report.verdict,
                 "detail": report.detail,
                 "holders": report.holders,
+                "database": str(mgr.db_path),
+                "in_place": report.in_place,
+                "chromadb_version": report.probe.chromadb_version,
+                "collections": len(report.probe.collections),
+                "duration_s": round(report.probe.duration_s, 3),
             }
         )
     else:

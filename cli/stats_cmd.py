@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from .common import (
@@ -19,6 +22,22 @@ from .common import (
 
 @handle_errors
 def stats_cmd(
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus",
+            help="Print OpenMetrics text for node_exporter's textfile collector (docs/monitoring.md).",
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="With --prometheus: write to this file atomically (mode 0644) instead of stdout.",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
@@ -26,6 +45,21 @@ def stats_cmd(
     allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Store size on disk, logical size of all snapshots, dedup ratio, bytes only each holds."""
+    if output is not None and not prometheus:
+        from chromasnap.snapshots import UsageError
+
+        raise UsageError("--output goes with --prometheus")
+    if prometheus:
+        from chromasnap.snapshots.metrics import openmetrics, store_metrics
+
+        text = openmetrics(store_metrics(manager(db, store, allow_foreign_owner)))
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            from chromasnap.snapshots.fsutil import atomic_write
+
+            atomic_write(output, text.encode(), 0o644)
+        return
     st = manager(db, store, allow_foreign_owner).stats()
     if json_out:
         print_json(st.model_dump())

@@ -12,9 +12,11 @@ import errno
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +41,7 @@ from chromasnap.manifest import (
 
 from . import hnsw
 from .children import installed_version
-from .errors import CaptureError, UsageError
+from .errors import Cancelled, CaptureError, UsageError
 from .layout import OWN_PREFIX, SQLITE_NAME, SQLITE_SIDE_FILES
 from .owner import of_directory
 from .records import parent_versions, store_records
@@ -60,6 +62,12 @@ mtime tick, so it is read again instead of trusted (git's "racily clean" rule)."
 Progress = Callable[[int], None]
 LIVE_JOURNAL_ACTION = "journal of a transaction in progress; its changes are not captured"
 HOT_JOURNAL_ACTION = "hot journal rolled back in a private copy; live files untouched"
+
+
+STOP: ContextVar[threading.Event | None] = ContextVar("chromasnap_capture_stop", default=None)
+"""Set by the asyncio API (aio.py) in the context of its worker thread: once the event is
+set (its task was cancelled), a capture stops at its next read block or folder by raising
+`Cancelled`, a safe point: nothing it wrote is referenced yet."""
 
 
 def _no_progress(_n: int) -> None:
@@ -200,14 +208,21 @@ class Capturer:
         self.repo, self.writer = repo, writer
         self.chunking = repo.config.chunking
         self.progress = progress or _no_progress
+        self.stop = STOP.get()
         self.read_bytes = 0
         self.stats = CaptureStats()
 
     # --- reading one file -----------------------------------------------------------
 
+    def checkpoint(self) -> None:
+        """Stop here if the asyncio task that runs this capture was cancelled (`STOP`)."""
+        if self.stop is not None and self.stop.is_set():
+            raise Cancelled("the capture was cancelled")
+
     def _read(self, fd: int, offset: int, length: int) -> Iterator[bytes]:
         end = offset + length
         while offset < end:
+            self.checkpoint()
             block = os.pread(fd, min(READ_BLOCK, end - offset), offset)
             if not block:
                 raise CaptureError("file shrank while being read")
@@ -449,6 +464,7 @@ def capture(
     damage: list[str] = []
     try:
         for folder, members in sorted(by_dir.items()):
+            cap.checkpoint()
             entries, elements, warning = _capture_folder(cap, root, folder, members, reusable)
             reused += sum(1 for e in entries if e.captured_by == "parent")
             if warning:

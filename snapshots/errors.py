@@ -36,6 +36,12 @@ class WriterBusy(ChromasnapError):
     was taken)."""
 
 
+class Cancelled(BaseException):
+    """A worker thread of the asyncio API (aio.py) stopped at a safe point of a capture
+    because its task was cancelled: nothing it wrote is referenced (as on Ctrl-C). A
+    BaseException, like asyncio.CancelledError, so that no `except Exception` swallows it."""
+
+
 # --- the storage contract's errors (docs: DESIGN-storage; raised by every StorageBackend) ---
 
 

@@ -40,7 +40,7 @@ class _OnFirstUse:
 
 
 if TYPE_CHECKING:
-    from . import browse, capture, checker, extract, gc, guard, prune, restore
+    from . import aio, browse, capture, checker, extract, gc, guard, prune, restore
     from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
     from .capture import CaptureStats
     from .checker import HealthReport, VerifyReport
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from .guard import WriteGuard
     from .restore import RecoverResult, RestoreResult
 else:
-    browse, capture, checker, extract, gc, guard, prune, restore = map(
-        _OnFirstUse, ("browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore")
+    aio, browse, capture, checker, extract, gc, guard, prune, restore = map(
+        _OnFirstUse, ("aio", "browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore")
     )
 
 __all__ = ["SQLITE_NAME", "SnapshotManager", "SnapshotStats", "StoreStats", "WriteGuard", "check_database"]
@@ -402,3 +402,44 @@ class SnapshotManager:
     def stats(self) -> StoreStats:
         """Store size, logical size, dedup ratio, and what removing each snapshot frees."""
         return gc.stats(self.repo, self.list())
+
+    # --- asyncio: the same calls, their blocking work in a worker thread (aio.py) ------
+
+    def before_write_async(
+        self,
+        reason: str = "",
+        tags: Sequence[str] = (),
+        note: str | None = None,
+        snapshot_reason: str = "pre-write",
+    ) -> contextlib.AbstractAsyncContextManager[Snapshot | None]:
+        """`async with mgr.before_write_async(reason=...)`: `before_write` for asyncio (docs/asyncio.md)."""
+        return aio.before_write(self, reason, tags, note, snapshot_reason)
+
+    async def snapshot_async(
+        self,
+        reason: str = "manual",
+        tags: Sequence[str] = (),
+        note: str | None = None,
+        progress: Progress | None = None,
+        *,
+        exclusive: bool = False,
+        wait: bool = True,
+    ) -> Snapshot:
+        """`snapshot` in a worker thread; cancelled mid-capture, it stores nothing referenced."""
+        return await aio.snapshot(self, reason, tags, note, progress, exclusive=exclusive, wait=wait)
+
+    async def recover_async(
+        self,
+        rollback_interrupted: bool = True,
+        reset: bool = False,
+        python: str | None = None,
+        timeout: float | None = None,
+    ) -> RecoverResult:
+        """`recover` in a worker thread, in turn with this loop's guarded writes of the store."""
+        return await aio.recover(self, rollback_interrupted, reset, python, timeout)
+
+    async def health_async(
+        self, in_place: bool = False, python: str | None = None, timeout: float | None = None
+    ) -> HealthReport:
+        """`health` in a worker thread (the probe itself is a child process)."""
+        return await aio.health(self, in_place, python, timeout)
