@@ -55,6 +55,7 @@ def health_cmd(
                 "chromadb_version": None,
                 "collections": None,
                 "duration_s": None,
+                "holders": [],
             }
         )
         raise typer.Exit(1) from None

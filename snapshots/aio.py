@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from .capture import STOP
 from .errors import LockTimeout, UsageError, WriterBusy
@@ -36,14 +36,57 @@ from .local_backend import LocalBackend
 from .locks import lock_timeout
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from chromasnap.manifest import Snapshot
 
+    from .backend import StorageBackend
     from .checker import HealthReport
     from .guard import WriteGuard
-    from .manager import Progress, SnapshotManager
     from .restore import RecoverResult
 
 T = TypeVar("T")
+Progress = Callable[[int], None]
+
+
+class SnapshotManager(Protocol):
+    """What this module uses of the SnapshotManager (passed in: aio.py does not import
+    manager.py, which imports it)."""
+
+    backend: StorageBackend
+    db_path: Path | None
+
+    def before_write(
+        self, reason: str = ..., tags: Sequence[str] = ..., note: str | None = ..., snapshot_reason: str = ...
+    ) -> WriteGuard: ...
+
+    def snapshot(
+        self,
+        reason: str = ...,
+        tags: Sequence[str] = ...,
+        note: str | None = ...,
+        progress: Progress | None = ...,
+        *,
+        exclusive: bool = ...,
+        wait: bool = ...,
+    ) -> Snapshot: ...
+
+    def recover(
+        self,
+        rollback_interrupted: bool = ...,
+        reset: bool = ...,
+        python: str | None = ...,
+        timeout: float | None = ...,
+    ) -> RecoverResult: ...
+
+    def health(
+        self, in_place: bool = ..., python: str | None = ..., timeout: float | None = ...
+    ) -> HealthReport: ...
+
+    def before_write_async(
+        self, reason: str = ..., tags: Sequence[str] = ..., note: str | None = ..., snapshot_reason: str = ...
+    ) -> contextlib.AbstractAsyncContextManager[Snapshot | None]: ...
+
 
 _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()

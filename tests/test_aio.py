@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from chromasnap.snapshots import SnapshotManager, sample
+from chromasnap.snapshots import SnapshotManager, locks, sample
 from chromasnap.snapshots.errors import UsageError
 
 
 def assert_clean(mgr: SnapshotManager) -> None:
     """No write intent, neither lock held, no scratch left, every snapshot whole."""
     assert not mgr.backend.list("intents")
-    with mgr.backend.write_lock(0), mgr.backend.lock(0):  # raises LockTimeout if either is held
+    # raise WriterBusy / LockTimeout if either is held
+    with locks.write_lock(mgr.backend, mgr.db_path, wait=False), locks.store_lock(mgr.backend, 0):
         pass
     scratch = mgr.store_path / "tmp"
     assert not scratch.exists() or not list(scratch.iterdir())

@@ -121,6 +121,7 @@ def test_health_json_fields_and_exit_codes(db: Path, tmp_path: Path) -> None:
         "chromadb_version",
         "collections",
         "duration_s",
+        "holders",
     }
     assert set(out) == fields
     assert out["healthy"] is True and out["verdict"] == "ok" and out["collections"] == 2
