@@ -243,10 +243,16 @@ class LocalBackend(StorageBackend):
         )
 
     def _pread_all(self, fd: int, name: str, length: int, offset: int) -> bytes:
-        chunks: list[bytes] = []
-        got = 0
         try:
-            while got < length:
+            first = os.pread(fd, min(16 << 20, length), offset)  # a blob: one call, no copy
+        except OSError as exc:
+            raise StoreError(f"cannot read {name} in {self.location}: {exc.strerror}") from None
+        if len(first) == length:
+            return first
+        chunks: list[bytes] = [first]
+        got = len(first)
+        try:
+            while got < length and first:
                 block = os.pread(fd, min(16 << 20, length - got), offset + got)
                 if not block:
                     break
