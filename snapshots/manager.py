@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .checker import HealthReport, ProbeReport, VerifyReport
     from .gc import PruneResult
     from .restore import RecoverResult, RestoreResult
+    from .rollforward import RollForwardReport
 
 Progress = Callable[[int], None]
 SQLITE_NAME = "chroma.sqlite3"
@@ -624,10 +625,16 @@ class SnapshotManager:
         reset: bool = False,
         python: str | None = None,
         timeout: float | None = None,
+        *,
+        roll_forward: bool = True,
     ) -> RecoverResult:
         """Run at start-up, before opening a client: finish an interrupted swap, probe the
         database, and if it is broken (or a guarded write died and `rollback_interrupted`)
-        restore the newest snapshot that verifies, the interrupted write's first."""
+        restore the newest snapshot that verifies, the interrupted write's first.
+
+        After restoring a broken database, `roll_forward` applies what the replaced one
+        still holds past the snapshot (`roll_forward_from`; not after rolling back an
+        interrupted guarded write), and finishes a roll-forward a crash interrupted."""
         from .restore import recover
 
         db = self._need_db()
@@ -641,7 +648,22 @@ class SnapshotManager:
             if result.action != "failed" or not reset:
                 return result
         with self._write_lock():
-            return recover(self, rollback_interrupted, reset, python, timeout)
+            result = recover(self, rollback_interrupted, reset, python, timeout)
+            # --- issue 18: roll forward past the restored snapshot (rollforward.py) ---
+            from .rollforward import after_recover
+
+            return after_recover(self, result, roll_forward, python, timeout)
+
+    def roll_forward_from(
+        self, kept: str | os.PathLike[str], python: str | None = None, timeout: float | None = None
+    ) -> RollForwardReport:
+        """Apply to the database what the replaced directory `kept` (see `kept`) holds past
+        the snapshot it was restored from: records added, changed and deleted since,
+        collections created and dropped since, each vector bit-exact or listed as lost
+        (docs/recovery.md). A guarded write (pre-roll-forward snapshot); idempotent."""
+        from .rollforward import roll_forward
+
+        return roll_forward(self, kept, python, timeout)
 
     def open_client(self, **kwargs: object) -> object:
         """`recover()`, then `chromadb.PersistentClient(path=db)`: one call at start-up.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, model_validator
 
@@ -63,6 +63,8 @@ class RecoverResult(BaseModel):
     warnings: list[str] = []
     """Swap journals and write intents found but not trusted, so not acted upon; what a
     restore could not do as it should (an owner it may not set)."""
+    roll_forward: dict[str, Any] | None = None
+    """What roll-forward did after the restore (`rollforward.RollForwardReport`), if it ran."""
 
     @model_validator(mode="before")
     @classmethod
