@@ -648,11 +648,12 @@ class SnapshotManager:
             if result.action != "failed" or not reset:
                 return result
         with self._write_lock():
-            result = recover(self, rollback_interrupted, reset, python, timeout)
             # --- issue 18: roll forward past the restored snapshot (rollforward.py) ---
-            from .rollforward import after_recover
+            from .rollforward import after_recover, interrupted_writes
 
-            return after_recover(self, result, roll_forward, python, timeout)
+            undo = interrupted_writes(self) if rollback_interrupted else set()
+            result = recover(self, rollback_interrupted, reset, python, timeout)
+            return after_recover(self, result, roll_forward, python, timeout, undo)
 
     def roll_forward_from(
         self, kept: str | os.PathLike[str], python: str | None = None, timeout: float | None = None

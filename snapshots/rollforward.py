@@ -626,12 +626,30 @@ def finish_interrupted(
     return report
 
 
+def interrupted_writes(mgr: SnapshotManager) -> set[str]:
+    """The pre-write snapshots of guarded writes whose process died (read before recover
+    clears their intents): restoring one rolls the write back, and rolling forward from
+    the database it replaced would redo that write."""
+    from .guard import read_intents
+
+    if not mgr.backend.exists():
+        return set()
+    return {i.snapshot for i in read_intents(mgr.backend, []) if i.snapshot and i.dead}
+
+
 def after_recover(
-    mgr: SnapshotManager, result: RecoverResult, roll: bool, python: str | None, timeout: float | None
+    mgr: SnapshotManager,
+    result: RecoverResult,
+    roll: bool,
+    python: str | None,
+    timeout: float | None,
+    rolled_back: set[str] | frozenset[str] = frozenset(),
 ) -> RecoverResult:
     """recover's hook: finish an interrupted roll-forward; after a restore of a broken
-    database, roll forward from the replaced one (unless not `roll`). A roll-forward that
-    cannot be done is a warning: the restored database stays."""
+    database, roll forward from the replaced one (unless not `roll`, or the snapshot
+    restored is the pre-write snapshot of an interrupted guarded write in `rolled_back`:
+    that restore is the write's rollback). A roll-forward that cannot be done is a
+    warning: the restored database stays."""
     if result.action == "failed":
         return result
     try:
@@ -644,6 +662,13 @@ def after_recover(
     elif got is not None:
         result.roll_forward = got.model_dump()
     if result.kind != "restored" or not result.kept_path or not roll:
+        return result
+    if result.snapshot in rolled_back:
+        result.warnings.append(
+            "not rolled forward: the snapshot restored is an interrupted guarded write's pre-write "
+            f"snapshot, so the write is rolled back (recover --keep-interrupted, or roll-forward "
+            f"--from {result.kept_path}, keeps what it wrote)"
+        )
         return result
     try:
         report = roll_forward(mgr, result.kept_path, python, timeout)
