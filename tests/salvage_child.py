@@ -4,10 +4,10 @@ interpreter with chromadb (1.0.x or 1.5.x); imports nothing from chromasnap.
     python salvage_child.py DB PLAN_JSON
 
 PLAN_JSON is a list of steps, each {"op": "add" | "upsert" | "update" | "update_meta" |
-"delete" | "drop" (the whole collection), "collection": NAME, "start": I, "n": N, "seed": S, "batch": B}; records are
-named NAME-I. Embeddings are float32 standard normal from numpy's default_rng(seed + i)
-per batch starting at i, dimension from the collection. Prints one line per batch
-("BATCH op start n") so a parent can kill it at a chosen point.
+"delete" | "drop" (the whole collection), "collection": NAME, "start": I, "n": N, "seed": S,
+"batch": B}; records are named NAME-I. Embeddings are float32 standard normal from
+numpy's default_rng(seed + i) per batch starting at i, dimension from the collection.
+Prints one line per batch ("BATCH op start n") so a parent can kill it at a chosen point.
 """
 
 from __future__ import annotations

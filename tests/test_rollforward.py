@@ -158,7 +158,9 @@ def test_inflated_header_recovers_every_record_bit_exact(
     assert mgr.recover().kind == "healthy"
 
 
-def test_truncated_pickle(world: tuple[SnapshotManager, Path], template: tuple[Path, Truth], tmp_path: Path) -> None:
+def test_truncated_pickle(
+    world: tuple[SnapshotManager, Path], template: tuple[Path, Truth], tmp_path: Path
+) -> None:
     """Break (c): index_metadata.pickle cut short, as a kill while chromadb rewrites it
     leaves it. The restored snapshot's labels stand in for records unchanged since; what
     cannot be mapped is exported, never invented."""
@@ -265,7 +267,16 @@ def test_refuses_a_directory_that_does_not_descend(
 
 def roll_cli(mgr: SnapshotManager, db: Path, kept: Path, crash: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CHROMASNAP_CRASH_AT": crash}
-    args = ["roll-forward", "--from", str(kept), "--to", str(db), "--store", str(mgr.backend.location), "--json"]
+    args = [
+        "roll-forward",
+        "--from",
+        str(kept),
+        "--to",
+        str(db),
+        "--store",
+        str(mgr.backend.location),
+        "--json",
+    ]
     return subprocess.run(
         [sys.executable, "-m", "chromasnap.cli", *args],
         capture_output=True,
@@ -278,7 +289,11 @@ def roll_cli(mgr: SnapshotManager, db: Path, kept: Path, crash: str) -> subproce
 
 @pytest.mark.parametrize("crash", ["rollforward-applied", "rollforward-swapped"])
 def test_sigkill_of_the_roll_forward_is_finished_by_recover(
-    world: tuple[SnapshotManager, Path], template: tuple[Path, Truth], base_db: Path, tmp_path: Path, crash: str
+    world: tuple[SnapshotManager, Path],
+    template: tuple[Path, Truth],
+    base_db: Path,
+    tmp_path: Path,
+    crash: str,
 ) -> None:
     """A real SIGKILL of `chromasnap roll-forward` at each step leaves the restored
     database or the rolled-forward one, never a mix; recover then finishes it."""
