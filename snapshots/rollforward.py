@@ -104,6 +104,9 @@ class RollForwardReport(BaseModel):
     finished: str | None = None
     """Set when this run finished (or undid) a roll-forward a crash interrupted."""
     duration_s: float = 0.0
+    timings: dict[str, float] = {}
+    """Seconds per step: read (both databases), plan, snapshot, copy, apply (the chromadb
+    child, read-back included), fsync, swap."""
 
     def totals(self) -> dict[str, int]:
         keys = ("from_snapshot", "added", "changed", "deleted", "from_queue", "from_hnsw", "lost")
@@ -245,6 +248,8 @@ def make_plan(live: Salvage, kept: Salvage, live_hw: int, kept_hw: int, configs:
             plan.create.append(
                 {"name": name, "metadata": kc.info.metadata, "configuration": configs.get(name)}
             )
+        if lc is not None and not recreate and (lc.info.metadata or None) != (kc.info.metadata or None):
+            rep.problems.append("its own metadata changed since the snapshot: not rolled forward")
         job = _Job(name, kc.info.space)
         known = _meta_known(kc)
         for rec in kc.records or []:
@@ -353,16 +358,75 @@ def _lost_line(collection: str, rec: RecordSalvage, reason: str, in_restored: bo
 
 
 def read_both(db: Path, kept: Path, work: Path) -> tuple[Salvage, Salvage, int, int, dict[str, Any]]:
-    """Both databases as salvage sees them (the restored one's labels complete the kept
-    one's label map where it is damaged), their high-water seq_ids, the kept configurations."""
+    """Both databases as salvage sees them, their high-water seq_ids, the kept
+    configurations. The restored database's vectors are read only when a record's version
+    cannot be told by its seq_id and content; its labels complete a damaged label map of
+    the kept directory (`older_labels`), read only when there is one."""
     from .salvage import copy_sqlite, older_labels, salvage
 
     live_copy, kept_copy = work / "live.sqlite3", work / "kept.sqlite3"
     copy_sqlite(db, live_copy)
     copy_sqlite(kept, kept_copy)
-    live = salvage(db, live_copy)
-    kept_s = salvage(kept, kept_copy, older_labels(db, live_copy))
+    live = records_only(live_copy)
+    known = {c.info.id: {r.id: r.seq_id for r in c.records or []} for c in live.collections}
+    kept_s = salvage(kept, kept_copy, known=known)
+    if any(c.segment is not None and not c.segment.labels.complete for c in kept_s.collections):
+        kept_s = salvage(kept, kept_copy, older_labels(db, live_copy), known)
+    if _needs_vectors(live, kept_s):
+        live = salvage(db, live_copy)
     return live, kept_s, _high_water(live_copy), _high_water(kept_copy), _configs(kept_copy)
+
+
+def records_only(sqlite_copy: Path) -> Salvage:
+    """Every record of a database (id, seq_id, document, metadata), without vectors."""
+    import sqlite3
+
+    from . import salvage_sqlite
+    from .salvage import CollectionSalvage, RecordSalvage, Salvage
+    from .salvage_sqlite import TableHealth
+
+    try:
+        con = salvage_sqlite.connect(sqlite_copy)
+    except sqlite3.Error as exc:
+        out = Salvage(TableHealth(schema_error=str(exc)))
+        out.problems.append(f"chroma.sqlite3 cannot be opened: {exc}")
+        return out
+    try:
+        out = Salvage(salvage_sqlite.check_tables(con))
+        if out.health.schema_error:
+            out.problems.append(f"chroma.sqlite3's schema is unreadable: {out.health.schema_error}")
+            return out
+        colls, out.problems = salvage_sqlite.read_collections(con, out.health)
+        for info in colls:
+            cs = CollectionSalvage(info)
+            recs, cs.problems = salvage_sqlite.read_records(con, info, out.health)
+            if recs is not None:
+                cs.records = [RecordSalvage(r.id, r.seq_id, r.document, r.metadata, r.uri) for r in recs]
+            out.collections.append(cs)
+    finally:
+        con.close()
+    return out
+
+
+def _needs_vectors(live: Salvage, kept: Salvage) -> bool:
+    """A record of both with another seq_id but the same document and metadata: only its
+    embedding tells whether it changed (a vector-only update, or a roll-forward's own)."""
+    by_name = {c.info.name: c for c in live.collections}
+    for kc in kept.collections:
+        lc = by_name.get(kc.info.name)
+        if lc is None or lc.records is None or kc.records is None:
+            continue
+        old = {r.id: r for r in lc.records}
+        for rec in kc.records:
+            o = old.get(rec.id)
+            if (
+                o is not None
+                and o.seq_id != rec.seq_id
+                and o.document == rec.document
+                and (o.metadata or None) == (rec.metadata or None)
+            ):
+                return True
+    return False
 
 
 # --- journal -------------------------------------------------------------------------------
@@ -541,12 +605,21 @@ def _roll_forward(
     )
     report = RollForwardReport(db=str(db), kept=str(kept))
     journal = journal_path(db)
+    mark = [time.monotonic()]
+
+    def lap(step: str) -> None:
+        now = time.monotonic()
+        report.timings[step] = round(now - mark[0], 3)
+        mark[0] = now
+
     try:
         live, kept_s, live_hw, kept_hw, configs = read_both(db, kept, work)
+        lap("read")
         plan = make_plan(live, kept_s, live_hw, kept_hw, configs)
         report.collections, report.problems = plan.report, plan.problems
         report.lost = len(plan.lost)
         report.lost_export = _export(plan.lost, kept)
+        lap("plan")
         if plan.empty:
             if journal.exists():
                 _drop_journal(db)
@@ -566,6 +639,7 @@ def _roll_forward(
             reason="pre-roll-forward", note=f"before rolling forward from {kept.name}"
         ).id
         fsutil.crash_point("rollforward-snapshot")
+        lap("snapshot")
         copy_database(db, staging)
         _copy_modes(db, staging)
         who = target_owner(db, None)
@@ -574,9 +648,14 @@ def _roll_forward(
             if problem:
                 report.problems.append(problem)
         _write_plan(plan, work)
+        lap("copy")
         got = _run_child(staging, work, python, timeout)
         report.checked = int(got.get("checked", 0))
+        lap("apply")
+        for step, took in (got.get("timings") or {}).items():
+            report.timings[f"apply_{step}"] = float(took)
         _fsync_tree(staging)
+        lap("fsync")
         fsutil.crash_point("rollforward-applied")
         refuse_if_held(db)
         done = swap.swap_in(db, staging, mount)
@@ -584,6 +663,7 @@ def _roll_forward(
         if done.kept is not None:  # the restored database: its copy is the pre-roll-forward snapshot
             shutil.rmtree(done.kept, ignore_errors=True)
         _drop_journal(db)
+        lap("swap")
         report.applied = True
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

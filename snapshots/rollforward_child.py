@@ -71,6 +71,7 @@ def apply(db: str, plan_dir: str) -> dict[str, Any]:
         plan = json.load(fh)
     client = _client(db)
     names = _names(client)
+    spent: dict[str, float] = {"open": time.monotonic() - t0, "delete": 0.0, "add": 0.0, "read_back": 0.0}
     for name in plan.get("drop", []):
         if name in names:
             client.delete_collection(name)
@@ -82,8 +83,10 @@ def apply(db: str, plan_dir: str) -> dict[str, Any]:
     for job in plan.get("collections", []):
         col = client.get_collection(job["name"], embedding_function=None)
         deletes = list(job.get("delete", []))
+        t = time.monotonic()
         for i in range(0, len(deletes), BATCH):
             col.delete(ids=deletes[i : i + BATCH])
+        spent["delete"] += time.monotonic() - t
         expect: dict[str, tuple[bytes, Any, Any]] = {}
         added = 0
         if job.get("records"):
@@ -92,12 +95,13 @@ def apply(db: str, plan_dir: str) -> dict[str, Any]:
                 for line in fh:
                     page.append(json.loads(line))
                     if len(page) == BATCH:
-                        added += _add_page(col, page, expect)
+                        added += _add_page(col, page, expect, spent)
                         page = []
                         _crash_point("rollforward-adding")
                 if page:
-                    added += _add_page(col, page, expect)
+                    added += _add_page(col, page, expect, spent)
         ids = list(expect)
+        t = time.monotonic()
         for i in range(0, len(ids), BATCH):
             got = col.get(ids=ids[i : i + BATCH], include=["documents", "metadatas", "embeddings"])
             seen = set()
@@ -109,11 +113,13 @@ def apply(db: str, plan_dir: str) -> dict[str, Any]:
                     report["mismatches"].append([job["name"], rid])
                 report["checked"] += 1
             report["mismatches"] += [[job["name"], rid] for rid in ids[i : i + BATCH] if rid not in seen]
+        spent["read_back"] += time.monotonic() - t
         report["collections"][job["name"]] = {"deleted": len(deletes), "added": added, "count": col.count()}
     if report["mismatches"]:
         report["mismatches"] = report["mismatches"][:100]
         raise Mismatch(json.dumps(report["mismatches"][:5]))
     report["duration_s"] = round(time.monotonic() - t0, 3)
+    report["timings"] = {k: round(v, 3) for k, v in spent.items()}
     return report
 
 
@@ -121,7 +127,9 @@ class Mismatch(Exception):
     """A rolled-forward record read back differs from its source."""
 
 
-def _add_page(col: Any, page: list[dict[str, Any]], expect: dict[str, tuple[bytes, Any, Any]]) -> int:
+def _add_page(
+    col: Any, page: list[dict[str, Any]], expect: dict[str, tuple[bytes, Any, Any]], spent: dict[str, float]
+) -> int:
     import numpy as np
 
     ids = [r["id"] for r in page]
@@ -130,7 +138,9 @@ def _add_page(col: Any, page: list[dict[str, Any]], expect: dict[str, tuple[byte
     metas = [r.get("metadata") or None for r in page]
     for r in page:
         expect[r["id"]] = (base64.b64decode(r["expect"]), r.get("document"), r.get("metadata"))
+    t = time.monotonic()
     _add(col, ids, embs, docs, metas)
+    spent["add"] += time.monotonic() - t
     return len(ids)
 
 
