@@ -245,6 +245,7 @@ def trial(
         "rollforward_s": rep.duration_s,
         "add_s": round(add_s, 3),
         "ratio": round(rep.duration_s / add_s, 2) if add_s and len(back) else None,
+        "timings": rep.timings,
     }
     shutil.rmtree(work, ignore_errors=True)
     Path(kept).parent.joinpath(Path(kept).name + ".lost.jsonl").unlink(missing_ok=True)

@@ -571,6 +571,24 @@ def roll_forward(
         return _roll_forward(mgr, db, Path(os.path.abspath(kept)), python, timeout)
 
 
+def _work_prefix(db: Path, mount: bool) -> str:
+    return f"{swap.OWN_PREFIX}rollforward-work-" if mount else f".{db.name}.rollforward-work-"
+
+
+def _remove_leftovers(db: Path, mount: bool) -> None:
+    """What a killed roll-forward of this database left (its private SQLite copies, a
+    staging copy): none of it is in use, as this process holds the database write lock."""
+    folder = db if mount else db.parent
+    staging = re.compile(
+        re.escape(f"{swap.OWN_PREFIX}rollforward-" if mount else f".{db.name}.rollforward-") + "[0-9a-f]{8}"
+    )
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False) and (
+            entry.name.startswith(_work_prefix(db, mount)) or staging.fullmatch(entry.name)
+        ):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def _check_dirs(db: Path, kept: Path) -> None:
     if kept.is_symlink() or not kept.is_dir():
         raise UsageError(f"{kept} is not a directory")
@@ -595,8 +613,8 @@ def _roll_forward(
     swap.finish_interrupted(db)
     refuse_if_held(db)
     mount = swap.is_mount_point(db)
-    parent = db if mount else db.parent
-    work = Path(tempfile.mkdtemp(prefix=".chromasnap-rollforward-work-", dir=parent if not mount else None))
+    _remove_leftovers(db, mount)
+    work = Path(tempfile.mkdtemp(prefix=_work_prefix(db, mount), dir=db if mount else db.parent))
     token = os.urandom(4).hex()
     staging = (
         db / f"{swap.OWN_PREFIX}rollforward-{token}"
