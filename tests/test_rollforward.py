@@ -259,6 +259,9 @@ def test_refuses_a_directory_that_does_not_descend(
     with pytest.raises(RollForwardRefused, match="not a later state") as info:
         mgr.roll_forward_from(older)
     assert "\n" not in str(info.value)
+    store = str(mgr.backend.location)
+    proc = cli("roll-forward", "--from", str(older), "--to", str(db), "--store", store)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "not a later state" in proc.stderr
     assert len(mgr.list()) == snaps and not journal_path(db).exists()
     assert {p: p.stat().st_mtime_ns for p in db.rglob("*")} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chroma", "older", "other", "store"]
