@@ -752,7 +752,7 @@ def after_recover(
         return result
     try:
         got = finish_interrupted(mgr, roll, python, timeout)
-    except (ChromasnapError, OSError) as exc:
+    except Exception as exc:  # never fails recover: the database stays as recover left it
         result.warnings.append(f"an interrupted roll-forward was not finished: {_line(exc)}")
         got = None
     if isinstance(got, str):
@@ -770,7 +770,7 @@ def after_recover(
         return result
     try:
         report = roll_forward(mgr, result.kept_path, python, timeout)
-    except (ChromasnapError, OSError) as exc:
+    except Exception as exc:  # never fails recover: the restored database stays
         result.warnings.append(f"roll-forward from {result.kept_path} not done: {_line(exc)}")
         return result
     result.roll_forward = report.model_dump()
@@ -780,7 +780,9 @@ def after_recover(
 def _line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc)
+    if isinstance(exc, ChromasnapError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 # --- text ----------------------------------------------------------------------------------
