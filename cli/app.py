@@ -18,6 +18,7 @@ from .policy_cmd import policy_app
 from .prune_cmd import prune_cmd
 from .recover_cmd import recover_cmd
 from .restore_cmd import restore_cmd
+from .rollforward_cmd import rollforward_cmd
 from .schema_cmd import schema_cmd
 from .show_cmd import show_cmd
 from .snapshot_cmd import snapshot_cmd
@@ -45,6 +46,7 @@ app.command("health")(health_cmd)
 app.command("restore")(restore_cmd)
 app.command("recover")(recover_cmd)
 app.command("kept")(kept_cmd)
+app.command("roll-forward")(rollforward_cmd)
 app.command("prune")(prune_cmd)
 app.command("pin")(pin_cmd)
 app.command("unpin")(unpin_cmd)

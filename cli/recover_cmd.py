@@ -34,6 +34,13 @@ def recover_cmd(
         bool,
         typer.Option("--reset", help="If nothing verifies, move the database aside for a re-index."),
     ] = False,
+    roll_forward: Annotated[
+        bool,
+        typer.Option(
+            "--roll-forward/--no-roll-forward",
+            help="After restoring a broken database, apply what the replaced one holds past the snapshot.",
+        ),
+    ] = True,
     python: PythonOpt = None,
     timeout: TimeoutOpt = 120.0,
     db: DbOpt = None,
@@ -47,7 +54,9 @@ def recover_cmd(
     Reports one of: fresh start (no database yet), healthy, restored, rolled back (an
     interrupted guarded write), reset, failed (exit 1)."""
     mgr = manager(db, store, allow_foreign_owner)
-    res = mgr.recover(rollback_interrupted=rollback, reset=reset, python=python, timeout=timeout)
+    res = mgr.recover(
+        rollback_interrupted=rollback, reset=reset, python=python, timeout=timeout, roll_forward=roll_forward
+    )
     for warning in res.warnings:
         typer.echo(f"warning: {shown(warning)}", err=True)
     if json_out:
@@ -61,12 +70,17 @@ def recover_cmd(
                 "warnings": res.warnings,
                 "finished_swap": res.finished_swap,
                 "tried": res.tried,
+                "roll_forward": res.roll_forward,
             }
         )
     else:
         if res.finished_swap:
             typer.echo(shown(res.finished_swap))
         typer.echo(describe(res, mgr.db_path), err=res.action == "failed")
+        if res.roll_forward is not None:  # issue 18: what roll-forward did after the restore
+            from chromasnap.snapshots.rollforward import describe as rolled
+
+            typer.echo(shown(rolled(res.roll_forward)))
     if res.action == "failed":
         raise typer.Exit(1)
 

@@ -40,16 +40,18 @@ class _OnFirstUse:
 
 
 if TYPE_CHECKING:
-    from . import aio, browse, capture, checker, extract, gc, guard, prune, restore
+    from . import aio, browse, capture, checker, extract, gc, guard, prune, restore, rollforward
     from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
     from .capture import CaptureStats
     from .checker import HealthReport, VerifyReport
     from .gc import PruneResult, SnapshotStats, StoreStats
     from .guard import WriteGuard
     from .restore import RecoverResult, RestoreResult
+    from .rollforward import RollForwardReport
 else:
-    aio, browse, capture, checker, extract, gc, guard, prune, restore = map(
-        _OnFirstUse, ("aio", "browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore")
+    aio, browse, capture, checker, extract, gc, guard, prune, restore, rollforward = map(
+        _OnFirstUse,
+        ("aio", "browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore", "rollforward"),
     )
 
 __all__ = ["SQLITE_NAME", "SnapshotManager", "SnapshotStats", "StoreStats", "WriteGuard", "check_database"]
@@ -249,10 +251,16 @@ class SnapshotManager:
         reset: bool = False,
         python: str | None = None,
         timeout: float | None = None,
+        *,
+        roll_forward: bool = True,
     ) -> RecoverResult:
         """Run at start-up, before opening a client: finish an interrupted swap, probe the
         database, and if it is broken (or a guarded write died and `rollback_interrupted`)
-        restore the newest snapshot that verifies, the interrupted write's first."""
+        restore the newest snapshot that verifies, the interrupted write's first.
+
+        After restoring a broken database, `roll_forward` applies what the replaced one
+        still holds past the snapshot (`roll_forward_from`; not after rolling back an
+        interrupted guarded write), and finishes a roll-forward a crash interrupted."""
         db = self._need_db()
         if db.exists() and not db.is_dir():  # refuse before creating anything beside it
             raise UsageError(f"database {db} is not a directory")
@@ -264,7 +272,19 @@ class SnapshotManager:
             if result.action != "failed" or not reset:
                 return result
         with self._write_lock():
-            return restore.recover(self, rollback_interrupted, reset, python, timeout)
+            # roll forward past the restored snapshot (rollforward.py, issue 18)
+            undo = rollforward.interrupted_writes(self) if rollback_interrupted else set()
+            result = restore.recover(self, rollback_interrupted, reset, python, timeout)
+            return rollforward.after_recover(self, result, roll_forward, python, timeout, undo)
+
+    def roll_forward_from(
+        self, kept: str | os.PathLike[str], python: str | None = None, timeout: float | None = None
+    ) -> RollForwardReport:
+        """Apply to the database what the replaced directory `kept` (see `kept`) holds past
+        the snapshot it was restored from: records added, changed and deleted since,
+        collections created and dropped since, each vector bit-exact or listed as lost
+        (docs/recovery.md). A guarded write (pre-roll-forward snapshot); idempotent."""
+        return rollforward.roll_forward(self, kept, python, timeout)
 
     def open_client(self, **kwargs: object) -> object:
         """`recover()`, then `chromadb.PersistentClient(path=db)`: one call at start-up.

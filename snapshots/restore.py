@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, model_validator
 
@@ -100,6 +100,8 @@ class RecoverResult(BaseModel):
     warnings: list[str] = []
     """Swap journals and write intents found but not trusted, so not acted upon; what a
     restore could not do as it should (an owner it may not set)."""
+    roll_forward: dict[str, Any] | None = None
+    """What roll-forward did after the restore (`rollforward.RollForwardReport`), if it ran."""
 
     @model_validator(mode="before")
     @classmethod

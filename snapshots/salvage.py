@@ -49,6 +49,7 @@ LOST_REASONS = {
     "hnsw_stale": "the HNSW files lack records the database says they hold: they are older than "
     "max_seq_id, so an embedding there may be outdated",
     "no_vector_segment": "the collection has no VECTOR segment",
+    "not_read": "not read: the caller holds this version of the record (salvage's `known`)",
 }
 
 
@@ -178,10 +179,17 @@ def older_labels(db_dir: Path, sqlite_copy: Path) -> OlderLabels:
     return out
 
 
-def salvage(db_dir: Path, sqlite_copy: Path, older: OlderLabels | None = None) -> Salvage:
+def salvage(
+    db_dir: Path,
+    sqlite_copy: Path,
+    older: OlderLabels | None = None,
+    known: dict[str, dict[str, int]] | None = None,
+) -> Salvage:
     """Everything recoverable from the database at `db_dir`, whose chroma.sqlite3 was
     copied (hot journal rolled back) to `sqlite_copy`. `older` (from `older_labels` of
-    a snapshot of the same database) completes a damaged label map."""
+    a snapshot of the same database) completes a damaged label map. `known` (collection
+    id -> {record id: seq_id}) names record versions the caller already holds: their
+    vectors are not read from the HNSW files (such a record gets reason `not_read`)."""
     try:
         db = salvage_sqlite.connect(sqlite_copy)
     except sqlite3.Error as exc:
@@ -204,7 +212,11 @@ def salvage(db_dir: Path, sqlite_copy: Path, older: OlderLabels | None = None) -
         out.problems += problems
         for info in colls:
             try:
-                out.collections.append(_collection(db, db_dir, info, health, (older or {}).get(info.id)))
+                out.collections.append(
+                    _collection(
+                        db, db_dir, info, health, (older or {}).get(info.id), (known or {}).get(info.id)
+                    )
+                )
             except (sqlite3.DatabaseError, MemoryError) as exc:  # a table that passed its check
                 cs = CollectionSalvage(info)
                 cs.problems.append(f"cannot read: {type(exc).__name__}: {exc}")
@@ -227,6 +239,7 @@ def _collection(
     info: CollectionInfo,
     health: TableHealth,
     older: dict[str, tuple[int, int]] | None = None,
+    known: dict[str, int] | None = None,
 ) -> CollectionSalvage:
     cs = CollectionSalvage(info)
     records, problems = salvage_sqlite.read_records(db, info, health)
@@ -263,7 +276,11 @@ def _collection(
             vector_source(r.seq_id, queue.get(r.id, []), cs.queue_usable, position, labels, r.id)
             for r in records
         ]
-        need = {r.id for r, (kind, _) in zip(records, plans, strict=True) if kind == HNSW}
+        need = {
+            r.id
+            for r, (kind, _) in zip(records, plans, strict=True)
+            if kind == HNSW and (known is None or known.get(r.id) != r.seq_id)
+        }
         cs.segment = salvage_hnsw.read_segment(
             folder or db_dir / "-", info.space, info.dimension, need, labels=labels, level0=level0
         )
@@ -299,6 +316,8 @@ def _collection(
                 out.reason = "hnsw_stale"
             elif got.status == salvage_hnsw.OK:
                 out.source, out.embedding = HNSW, got.embedding
+            elif rec.id not in need:
+                out.reason = "not_read"
             else:
                 out.reason = got.status
         else:

@@ -15,6 +15,7 @@ child process of its own.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ def connect(path: Path) -> sqlite3.Connection:
     """A read-only connection to a private, quiescent copy (no locks, no journal)."""
     from urllib.parse import quote
 
-    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro&immutable=1", uri=True)
+    # the path's bytes, %-escaped: a name that is not UTF-8 (surrogate escapes) stays exact
+    return sqlite3.connect(f"file:{quote(os.fsencode(path))}?mode=ro&immutable=1", uri=True)
 
 
 def per_table_check_supported() -> bool:

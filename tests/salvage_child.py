@@ -4,10 +4,10 @@ interpreter with chromadb (1.0.x or 1.5.x); imports nothing from chromasnap.
     python salvage_child.py DB PLAN_JSON
 
 PLAN_JSON is a list of steps, each {"op": "add" | "upsert" | "update" | "update_meta" |
-"delete", "collection": NAME, "start": I, "n": N, "seed": S, "batch": B}; records are
-named NAME-I. Embeddings are float32 standard normal from numpy's default_rng(seed + i)
-per batch starting at i, dimension from the collection. Prints one line per batch
-("BATCH op start n") so a parent can kill it at a chosen point.
+"delete" | "drop" (the whole collection), "collection": NAME, "start": I, "n": N, "seed": S,
+"batch": B}; records are named NAME-I. Embeddings are float32 standard normal from
+numpy's default_rng(seed + i) per batch starting at i, dimension from the collection.
+Prints one line per batch ("BATCH op start n") so a parent can kill it at a chosen point.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ def main() -> int:
     client = chromadb.PersistentClient(path=sys.argv[1], settings=Settings(anonymized_telemetry=False))
     print("READY", flush=True)
     for step in json.loads(sys.argv[2]):
+        if step["op"] == "drop":  # drop a whole collection
+            client.delete_collection(step["collection"])
+            print(f"BATCH drop {step['collection']}", flush=True)
+            continue
         col = client.get_or_create_collection(
             step["collection"], metadata={"hnsw:space": step.get("space", "cosine")}, embedding_function=None
         )
