@@ -11,6 +11,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     PythonOpt,
     StoreOpt,
     TimeoutOpt,
@@ -33,9 +34,12 @@ def health_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Probe the live database with chromadb in a child process; exit 0 healthy, 1 not."""
-    report = manager(db, store, allow_foreign_owner).health(in_place=in_place, python=python, timeout=timeout)
+    report = manager(db, store, allow_foreign_owner, password_file).health(
+        in_place=in_place, python=python, timeout=timeout
+    )
     if json_out:
         print_json(
             {

@@ -9,6 +9,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     StoreOpt,
     handle_errors,
     human_bytes,
@@ -24,9 +25,10 @@ def stats_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Store size on disk, logical size of all snapshots, dedup ratio, bytes only each holds."""
-    st = manager(db, store, allow_foreign_owner).stats()
+    st = manager(db, store, allow_foreign_owner, password_file).stats()
     if json_out:
         print_json(st.model_dump())
         return
