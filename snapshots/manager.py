@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from chromasnap.manifest import RetentionPolicy, Snapshot
 
-from . import keys as keyfiles
 from . import locks, swap
 from .backend import StorageBackend
 from .errors import ChromasnapError, UsageError
@@ -42,6 +41,7 @@ class _OnFirstUse:
 
 if TYPE_CHECKING:
     from . import browse, capture, checker, extract, gc, guard, prune, restore
+    from . import keys as keyfiles
     from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
     from .capture import CaptureStats
     from .checker import HealthReport, VerifyReport
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .guard import WriteGuard
     from .restore import RecoverResult, RestoreResult
 else:
+    keyfiles = _OnFirstUse("keys")  # argon2 and cryptography: for encrypted stores only
     browse, capture, checker, extract, gc, guard, prune, restore = map(
         _OnFirstUse, ("browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore")
     )
@@ -166,7 +167,7 @@ class SnapshotManager:
             self._write_lock(wait=wait) if exclusive else contextlib.nullcontext(),
             locks.store_lock(self.backend),
         ):
-            repo = self._repo = Repository.open_or_create(self.backend, self._password)
+            repo = self._repo = self._fresh_repo(create=True)
             t0 = time.monotonic()
             parent = self._parents.newest(repo)
             snap, self.last_capture = capture.take_snapshot(
@@ -184,7 +185,7 @@ class SnapshotManager:
     def _create_store(self) -> None:
         """Open the store, creating an empty one if there is none (under the store lock)."""
         with locks.store_lock(self.backend):
-            self._repo = Repository.open_or_create(self.backend, self._password)
+            self._repo = self._fresh_repo(create=True)
 
     def extract(self, ref: str, target: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Write snapshot `ref` into `target`, a new or empty directory; every byte is checked."""
@@ -376,7 +377,7 @@ class SnapshotManager:
         """Replace the store's retention rules (validated; written atomically)."""
         validate(policy)
         with locks.store_lock(self.backend):
-            repo = self._repo = Repository.open(self.backend, self._password)
+            repo = self._repo = self._fresh_repo()
             repo.config.retention = policy
             repo.save_config()
         return policy
@@ -394,7 +395,7 @@ class SnapshotManager:
         keep, then reclaim every byte no remaining snapshot references."""
         t0 = time.monotonic()
         with locks.store_lock(self.backend):
-            repo = self._repo = Repository.open(self.backend, self._password)
+            repo = self._repo = self._fresh_repo()
             rules = policy or repo.config.retention
             result = prune.prune(repo, rules, dry_run)
             if rules.keep_replaced and self.db_path is not None:
@@ -450,6 +451,15 @@ class SnapshotManager:
             )
             repo.key_id = new.id
             return new
+
+    def _fresh_repo(self, create: bool = False) -> Repository:
+        """The store read afresh under the store lock; an encrypted store's key, once
+        unwrapped by this manager, is reused (the KDF runs once per manager)."""
+        if self._repo is not None and self._repo.codec.encrypted and self.backend.exists():
+            return self._repo.reopen()
+        if create:
+            return Repository.open_or_create(self.backend, self._password)
+        return Repository.open(self.backend, self._password)
 
     def _encrypted(self) -> Repository:
         repo = self.repo

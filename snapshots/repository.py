@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
@@ -42,14 +42,15 @@ from chromasnap.manifest import (
 )
 from chromasnap.manifest.io import loads, parse_json
 
-from . import keys as keyfiles
 from . import locks
 from .backend import StorageBackend
 from .crypto import CIPHER_NAMES, AuthenticationError, Codec, PlainCodec, SealedCodec
 from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
-from .password import read_password
 from .workdir import WorkDir
+
+if TYPE_CHECKING:
+    from . import keys as keyfiles
 
 __all__ = ["INDEX_VERSION", "BlobWriter", "Parents", "PasswordSource", "Repository"]
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -70,6 +71,9 @@ def _unlock(
 
     A store with key files is encrypted whatever config.json says: a bucket writer who
     removed `encryption` from it must not make the next snapshot write plaintext."""
+    from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
+    from .password import read_password
+
     has_keys = bool(backend.list(keyfiles.KEYS_FOLDER))
     if config.encryption is None:
         if has_keys:
@@ -134,6 +138,8 @@ class Repository:
         key_id = master = None
         if codec is None:
             codec, master, key_id = _unlock(backend, config, password)
+        elif codec.encrypted != (config.encryption is not None):
+            raise StoreError(f"store {backend.location} is not encrypted as it was when opened")
         repo = cls(backend, config, codec, key_id)
         repo._master = master
         if codec.encrypted:
@@ -162,9 +168,17 @@ class Repository:
         """A new store: plain, or encrypted with a new master key wrapped under `password`
         (asked once, confirmed at a terminal). The key file is durable before config.json
         says the store exists, so a crash leaves no store that nothing can open."""
+        from . import keys as keyfiles
+        from .password import read_password
+
         if backend.exists():
             raise UsageError(f"a chromasnap store already exists at {backend.location}")
         backend.create()
+        if backend.list(keyfiles.KEYS_FOLDER):  # an `init --encrypt` that died before config.json
+            raise UsageError(
+                f"{backend.location} has key files but no config.json (an interrupted init?): "
+                "remove its keys/ folder first"
+            )
         store_id = os.urandom(32).hex()
         codec: Codec = PlainCodec()
         key_id = master = None
@@ -177,6 +191,17 @@ class Repository:
         backend.save("config.json", dumps(cfg))
         repo = cls(backend, cfg, codec, key_id)
         repo._master = master
+        return repo
+
+    def reopen(self) -> Repository:
+        """The store read afresh (config, index, policy), with the key already unwrapped: a
+        long-lived manager derives an encrypted store's key once, not at every snapshot."""
+        if not self.codec.encrypted:
+            return Repository.open(self.backend)
+        repo = Repository.open(self.backend, codec=self.codec)
+        if repo.config.id != self.config.id:
+            raise StoreError(f"the store at {self.backend.location} was replaced by another store")
+        repo.key_id, repo._master = self.key_id, self._master
         return repo
 
     def master_key(self) -> bytes:
