@@ -220,15 +220,16 @@ class Repository:
         self.backend.save("config.json", dumps(self.config))
 
     def _load_policy(self) -> None:
+        """An encrypted store's retention rules. Damaged, they are reported (as list and
+        verify report index files) and left unset, which keeps everything and stops prune,
+        rather than stopping every command: `policy set` writes them again."""
         try:
-            raw = self.backend.load_bounded(POLICY_NAME, limits.MAX_CONFIG + self.codec.overhead)
+            raw = self._load(POLICY_NAME, limits.MAX_CONFIG)
+            self.config.retention = loads(RetentionPolicy, raw, POLICY_NAME, limits.MAX_CONFIG)
         except ObjectNotFound:
             return
-        try:
-            plain = self.codec.open(POLICY_NAME, raw)
-            self.config.retention = loads(RetentionPolicy, plain, POLICY_NAME, limits.MAX_CONFIG)
-        except ManifestError as exc:
-            raise StoreError(str(exc)) from None
+        except (StoreError, ManifestError) as exc:
+            self.index_problems[POLICY_NAME] = f"{exc}; the retention rules are unset until `policy set`"
 
     def _load(self, name: str, max_bytes: int) -> bytes:
         """A whole document, opened (sealed documents are `overhead` bytes larger)."""

@@ -178,6 +178,13 @@ def test_tampered_and_swapped_objects_are_named(db: Path) -> None:
     r = cli("verify", "latest", "--quick", "--db", str(db))
     assert r.returncode == 1 and key[:16] in r.stdout + r.stderr and loc.pack[:16] in r.stdout + r.stderr
     assert "authentication failed" in r.stdout + r.stderr
+    # damaged retention rules are reported, and leave the rules unset (keep all), not the store shut
+    ok(cli("policy", "set", "--keep-last", "3", "--db", str(db)))
+    policy = store / "policy.json"
+    policy.write_bytes(policy.read_bytes()[:-1] + b"\x00")
+    r = ok(cli("list", "--db", str(db)))
+    assert "damaged object policy.json" in r.stderr and "unset" in r.stderr
+    one_line_error(cli("prune", "--db", str(db)), 2, "no retention rules")
 
 
 def test_two_keys_open_the_store_and_the_last_key_stays(db: Path) -> None:
