@@ -202,6 +202,9 @@ def test_two_keys_open_the_store_and_the_last_key_stays(db: Path) -> None:
     one_line_error(cli("list", "--db", str(db)), 2, "wrong password")  # the first is gone
     ok(cli("verify", "latest", "--quick", "--db", str(db), password="second password"))
     assert [p.name for p in (store / "keys").iterdir()] == [f"{second}.json"]
+    (store / "keys").rename(store.parent / "keys-away")  # every key file gone: said so
+    one_line_error(cli("list", "--db", str(db), password="second password"), 1, "has no key files")
+    (store.parent / "keys-away").rename(store / "keys")
     # the config edited to say "plain" does not make the store plain
     cfg = json.loads((store / "config.json").read_text())
     cfg.pop("encryption")
