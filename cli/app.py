@@ -10,7 +10,9 @@ from .export_cmd import export_cmd
 from .extract_cmd import extract_cmd
 from .find_cmd import find_cmd
 from .health_cmd import health_cmd
+from .init_cmd import init_cmd
 from .kept_cmd import kept_cmd
+from .key_cmd import key_app
 from .list_cmd import list_cmd
 from .peek_cmd import peek_cmd
 from .pin_cmd import pin_cmd, unpin_cmd
@@ -33,6 +35,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("init")(init_cmd)
 app.command("snapshot")(snapshot_cmd)
 app.command("list")(list_cmd)
 app.command("show")(show_cmd)
@@ -52,6 +55,7 @@ app.command("pin")(pin_cmd)
 app.command("unpin")(unpin_cmd)
 app.command("stats")(stats_cmd)
 app.add_typer(policy_app, name="policy")
+app.add_typer(key_app, name="key")
 app.command("schema")(schema_cmd)
 app.command("demo")(demo_cmd)
 

@@ -39,6 +39,31 @@ ForeignOpt = Annotated[
         help="Read a store owned by another user (refused by default: they could have crafted it).",
     ),
 ]
+# --- encryption (issue 17): how every command gets an encrypted store's password -----------
+PasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--password-file",
+        help="File whose first line is the store's password (if it is encrypted); else "
+        "CHROMASNAP_PASSWORD_FILE, CHROMASNAP_PASSWORD_COMMAND, CHROMASNAP_PASSWORD, a prompt.",
+        show_default=False,
+    ),
+]
+
+
+def password_source(password_file: Path | None, confirm: bool = False) -> Callable[[], str]:
+    """Reads the password only when an encrypted store is opened (never from argv);
+    `confirm` asks twice at a terminal (a new store's password)."""
+
+    def read() -> str:
+        from chromasnap.snapshots.password import read_password
+
+        return read_password(password_file=password_file, confirm=confirm)
+
+    return read
+
+
+# --- end encryption --------------------------------------------------------------------------
 
 PythonOpt = Annotated[
     str | None,
@@ -166,12 +191,23 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def manager(db: Path | None, store: Path | None, allow_foreign_owner: bool = False) -> SnapshotManager:
+def manager(
+    db: Path | None,
+    store: Path | None,
+    allow_foreign_owner: bool = False,
+    password_file: Path | None = None,
+    confirm_password: bool = False,
+) -> SnapshotManager:
     """The SnapshotManager of the options; what it found and left alone (a swap journal
     that is not this database's own) is printed as warnings."""
     from chromasnap.snapshots import SnapshotManager  # lazy: `--help` and typos stay fast
 
-    mgr = SnapshotManager(db, store, allow_foreign_owner=allow_foreign_owner or None)
+    mgr = SnapshotManager(
+        db,
+        store,
+        allow_foreign_owner=allow_foreign_owner or None,
+        password=password_source(password_file, confirm_password),
+    )
     for warning in mgr.warnings:
         typer.echo(f"warning: {shown(warning)}", err=True)
     return mgr

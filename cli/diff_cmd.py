@@ -11,6 +11,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     StoreOpt,
     handle_errors,
     human_bytes,
@@ -36,11 +37,12 @@ def diff_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """What changed from snapshot A to B (default: the live database), per collection and file."""
     from chromasnap.snapshots.names import file_label, segment_names
 
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     res = mgr.diff(a, b, ids=ids, limit=limit)
     names = segment_names([mgr.get(res.a), None if res.b == "live" else mgr.get(res.b)])
     if json_out:

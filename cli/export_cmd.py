@@ -12,6 +12,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     PythonOpt,
     StoreOpt,
     TimeoutOpt,
@@ -34,9 +35,10 @@ def export_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Write ids, documents, metadatas and embeddings of COLLECTION as JSON Lines, atomically."""
-    res = manager(db, store, allow_foreign_owner).export(
+    res = manager(db, store, allow_foreign_owner, password_file).export(
         snapshot_id, collection, out, python=python, timeout=timeout
     )
     if json_out:

@@ -12,6 +12,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     StoreOpt,
     handle_errors,
     manager,
@@ -29,9 +30,10 @@ def extract_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Extract a snapshot into DIR; every file is checked against its hash."""
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     snap = mgr.get(snapshot_id)
     with progress_bar("extract", snap.totals.data_bytes, not json_out) as prog:
         out = mgr.extract(snap.id, target, progress=prog)

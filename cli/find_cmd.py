@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    PasswordFileOpt,
+    StoreOpt,
+    handle_errors,
+    manager,
+    print_json,
+    shown,
+)
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Only this collection.")]
 
@@ -20,9 +31,10 @@ def find_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Every snapshot holding RECORD_ID and when it appeared, changed, vanished; exit 1 if none."""
-    res = manager(db, store, allow_foreign_owner).find(record_id, collection)
+    res = manager(db, store, allow_foreign_owner, password_file).find(record_id, collection)
     for problem in res.problems:
         typer.echo(f"warning: {shown(problem)}", err=True)
     if json_out:

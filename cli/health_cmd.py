@@ -11,6 +11,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     PythonOpt,
     StoreOpt,
     TimeoutOpt,
@@ -33,12 +34,13 @@ def health_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Probe the live database with chromadb in a child process; exit 0 healthy, 1 not, 2 bad
     input (no database there). A container health check: docs/monitoring.md."""
     from chromasnap.snapshots import ChromasnapError
 
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     try:
         report = mgr.health(in_place=in_place, python=python, timeout=timeout)
     except ChromasnapError as exc:

@@ -9,6 +9,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     StoreOpt,
     console,
     handle_errors,
@@ -27,9 +28,10 @@ def list_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """List snapshots with their size, what each added, and the last verification."""
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     if not mgr.backend.exists():
         from chromasnap.snapshots import UsageError
 

@@ -11,6 +11,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     StoreOpt,
     console,
     handle_errors,
@@ -33,9 +34,12 @@ def peek_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Show records (id, document, metadata) of COLLECTION in a snapshot; exit 1 if an --id is missing."""
-    res = manager(db, store, allow_foreign_owner).peek(snapshot_id, collection, limit=limit, ids=ids)
+    res = manager(db, store, allow_foreign_owner, password_file).peek(
+        snapshot_id, collection, limit=limit, ids=ids
+    )
     if json_out:
         print_json(res.model_dump(mode="json"))
     else:

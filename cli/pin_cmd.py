@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    PasswordFileOpt,
+    StoreOpt,
+    handle_errors,
+    manager,
+    print_json,
+)
 
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="Id, unique prefix, or 'latest'.")]
 
@@ -19,9 +29,10 @@ def pin_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Pin a snapshot: prune never removes it."""
-    s = manager(db, store, allow_foreign_owner).pin(snapshot_id, True)
+    s = manager(db, store, allow_foreign_owner, password_file).pin(snapshot_id, True)
     print_json({"id": s.id, "pinned": True}) if json_out else typer.echo(f"pinned {s.short_id}")
 
 
@@ -33,7 +44,8 @@ def unpin_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Unpin a snapshot: retention rules apply to it again."""
-    s = manager(db, store, allow_foreign_owner).pin(snapshot_id, False)
+    s = manager(db, store, allow_foreign_owner, password_file).pin(snapshot_id, False)
     print_json({"id": s.id, "pinned": False}) if json_out else typer.echo(f"unpinned {s.short_id}")

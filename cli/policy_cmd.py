@@ -20,6 +20,7 @@ from .common import (
     KeepWeekly,
     KeepWithin,
     KeepYearly,
+    PasswordFileOpt,
     StoreOpt,
     handle_errors,
     manager,
@@ -39,9 +40,10 @@ def show_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Print the retention rules."""
-    p = manager(db, store, allow_foreign_owner).policy()
+    p = manager(db, store, allow_foreign_owner, password_file).policy()
     if json_out:
         print_json(p.model_dump())
         return
@@ -71,11 +73,12 @@ def set_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Change the retention rules (flags not given stay as they are, unless --reset)."""
     from chromasnap.manifest import RetentionPolicy
 
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     base = RetentionPolicy() if reset else mgr.policy()
     update = rules_from(
         keep_last,

@@ -20,6 +20,7 @@ from .common import (
     KeepWeekly,
     KeepWithin,
     KeepYearly,
+    PasswordFileOpt,
     StoreOpt,
     handle_errors,
     human_bytes,
@@ -47,11 +48,12 @@ def prune_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Keep or remove each snapshot by rule (flags override the stored rules for this run)."""
     from chromasnap.manifest import RetentionPolicy
 
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     flags = rules_from(
         keep_last,
         keep_hourly,

@@ -11,6 +11,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     PythonOpt,
     StoreOpt,
     TimeoutOpt,
@@ -48,12 +49,13 @@ def recover_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Finish an interrupted swap, probe, and restore the newest snapshot that verifies if needed.
 
     Reports one of: fresh start (no database yet), healthy, restored, rolled back (an
     interrupted guarded write), reset, failed (exit 1)."""
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     res = mgr.recover(
         rollback_interrupted=rollback, reset=reset, python=python, timeout=timeout, roll_forward=roll_forward
     )

@@ -12,6 +12,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     PythonOpt,
     StoreOpt,
     handle_errors,
@@ -58,9 +59,10 @@ def restore_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Restore a snapshot over the live database (kept: `chromasnap kept`), or one --collection."""
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     snap = mgr.get(snapshot_id)
     if collection is None and (as_name or replace):
         from chromasnap.snapshots import UsageError

@@ -12,6 +12,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     PythonOpt,
     StoreOpt,
     TimeoutOpt,
@@ -46,6 +47,7 @@ def rollforward_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Roll the database forward: records added, changed and deleted since the snapshot,
     collections created and dropped since, from what the kept directory still holds.
@@ -55,7 +57,7 @@ def rollforward_cmd(
     records are lost or the kept directory is not a later state of the database."""
     from chromasnap.snapshots.rollforward import describe, table
 
-    mgr = manager(to, store, allow_foreign_owner)
+    mgr = manager(to, store, allow_foreign_owner, password_file)
     report = mgr.roll_forward_from(kept, python=python, timeout=timeout)
     if json_out:
         print_json({**report.model_dump(), "totals": report.totals()})

@@ -11,6 +11,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     StoreOpt,
     console,
     handle_errors,
@@ -29,11 +30,12 @@ def show_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Show a snapshot: files, Chroma's write-ahead state per collection, verifications."""
     from chromasnap.snapshots.names import file_label, segment_names, segment_of
 
-    s = manager(db, store, allow_foreign_owner).get(snapshot_id)
+    s = manager(db, store, allow_foreign_owner, password_file).get(snapshot_id)
     names = segment_names([s])
     if json_out:
         data = s.model_dump(mode="json")

@@ -11,6 +11,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     StoreOpt,
     dir_bytes,
     handle_errors,
@@ -40,6 +41,7 @@ def snapshot_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Take a snapshot of the database (unchanged files are not read again).
 
@@ -49,7 +51,7 @@ def snapshot_cmd(
     """
     from chromasnap.snapshots.capture import DAMAGE_MARK
 
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     total = dir_bytes(mgr.db_path) if mgr.db_path is not None and mgr.db_path.is_dir() else None
     with progress_bar("snapshot", total, not json_out) as prog:
         snap = mgr.snapshot(

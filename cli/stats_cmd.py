@@ -12,6 +12,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     StoreOpt,
     handle_errors,
     human_bytes,
@@ -43,6 +44,7 @@ def stats_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Store size on disk, logical size of all snapshots, dedup ratio, bytes only each holds."""
     if output is not None and not prometheus:
@@ -52,7 +54,7 @@ def stats_cmd(
     if prometheus:
         from chromasnap.snapshots.metrics import openmetrics, store_metrics
 
-        text = openmetrics(store_metrics(manager(db, store, allow_foreign_owner)))
+        text = openmetrics(store_metrics(manager(db, store, allow_foreign_owner, password_file)))
         if output is None:
             typer.echo(text, nl=False)
         else:
@@ -60,7 +62,7 @@ def stats_cmd(
 
             atomic_write(output, text.encode(), 0o644)
         return
-    st = manager(db, store, allow_foreign_owner).stats()
+    st = manager(db, store, allow_foreign_owner, password_file).stats()
     if json_out:
         print_json(st.model_dump())
         return

@@ -11,6 +11,7 @@ from .common import (
     DebugOpt,
     ForeignOpt,
     JsonOpt,
+    PasswordFileOpt,
     PythonOpt,
     StoreOpt,
     TimeoutOpt,
@@ -33,9 +34,10 @@ def verify_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
     """Verify snapshots; exit 0 when all pass, 1 when any fails."""
-    mgr = manager(db, store, allow_foreign_owner)
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     if all_ and ids:
         from chromasnap.snapshots import UsageError
 

@@ -3,6 +3,7 @@
 from .io import ManifestError, dumps, json_schemas, load_chunk_list, load_config, load_snapshot
 from .io import snapshot_id as snapshot_id
 from .models import (
+    ENCRYPTED_STORE_VERSION,
     FORMAT_VERSION,
     INDEX_VERSION,
     CatalogDoc,
@@ -11,6 +12,7 @@ from .models import (
     CollectionRecords,
     CollectionState,
     DirEntry,
+    Encryption,
     Event,
     Extent,
     FileEntry,
@@ -34,6 +36,7 @@ from .models import (
 )
 
 __all__ = [
+    "ENCRYPTED_STORE_VERSION",
     "FORMAT_VERSION",
     "INDEX_VERSION",
     "CatalogDoc",
@@ -42,6 +45,7 @@ __all__ = [
     "CollectionRecords",
     "CollectionState",
     "DirEntry",
+    "Encryption",
     "Event",
     "Extent",
     "FileEntry",

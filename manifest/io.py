@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from blake3 import blake3
 from pydantic import BaseModel, ValidationError
 
 from . import limits
-from .models import FORMAT_VERSION, ChunkListDoc, RecordIndex, Snapshot, StoreConfig
+from .models import ENCRYPTED_STORE_VERSION, FORMAT_VERSION, ChunkListDoc, RecordIndex, Snapshot, StoreConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,6 +25,8 @@ def dumps(model: BaseModel) -> bytes:
     data = model.model_dump(mode="json")
     if isinstance(model, Snapshot):
         data = _without_absent(data)
+    if isinstance(model, StoreConfig) and data.get("encryption") is None:
+        data.pop("encryption", None)  # a plain store's config.json is written as before
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -39,8 +42,18 @@ def _without_absent(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if not (k in ADDED_OPTIONAL and v is None)}
 
 
-def snapshot_id(snap: Snapshot | dict[str, Any]) -> str:
-    """BLAKE3 of the snapshot's canonical JSON without its `id` and mutable `verifications`.
+Hasher = Callable[[bytes], str]
+"""Names content: BLAKE3 hex in a plain store, the keyed BLAKE3 of an encrypted one
+(`Codec.blob_key`), so that no name in an encrypted store is a function of plaintext alone."""
+
+
+def _blake3_hex(raw: bytes) -> str:
+    return blake3(raw).hexdigest()
+
+
+def snapshot_id(snap: Snapshot | dict[str, Any], hasher: Hasher | None = None) -> str:
+    """BLAKE3 of the snapshot's canonical JSON without its `id` and mutable `verifications`
+    (`hasher`: the store's, keyed in an encrypted store).
 
     Given the parsed document (a dict), the id covers exactly what was written, so fields
     that a later version adds with defaults never invalidate an older document's id.
@@ -48,7 +61,7 @@ def snapshot_id(snap: Snapshot | dict[str, Any]) -> str:
     data = _without_absent(snap if isinstance(snap, dict) else snap.model_dump(mode="json"))
     core = {k: v for k, v in data.items() if k not in MUTABLE}
     raw = json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
-    return blake3(raw).hexdigest()
+    return (hasher or _blake3_hex)(raw)
 
 
 def _summarize(err: ValidationError) -> str:
@@ -115,10 +128,12 @@ def validate(model: type[M], data: Any, name: str) -> M:
     """Validate parsed JSON as `model` (refusing a newer format version)."""
     if isinstance(data, dict):
         version = data.get("format_version", data.get("version"))
-        if isinstance(version, int) and version > FORMAT_VERSION:
+        encrypted = model is StoreConfig and data.get("encryption") is not None
+        top = ENCRYPTED_STORE_VERSION if encrypted else FORMAT_VERSION
+        if isinstance(version, int) and version > top:
             raise ManifestError(
                 f"{name}: written by a newer chromasnap (format {version}, this one reads "
-                f"up to {FORMAT_VERSION}); upgrade chromasnap"
+                f"up to {top}); upgrade chromasnap"
             )
     try:
         return model.model_validate(data)
@@ -126,12 +141,14 @@ def validate(model: type[M], data: Any, name: str) -> M:
         raise ManifestError(f"{name}: invalid {model.__name__}: {_summarize(exc)}") from None
 
 
-def load_snapshot(raw: bytes, name: str, expected_id: str | None = None) -> Snapshot:
+def load_snapshot(
+    raw: bytes, name: str, expected_id: str | None = None, hasher: Hasher | None = None
+) -> Snapshot:
     """A snapshot document, refused unless its content matches its id (and, when the
     document was found under a name, that name's id: `snapshots/<id>.json`)."""
     data = parse_json(raw, name, limits.MAX_SNAPSHOT_DOC)
     snap = validate(Snapshot, data, name)
-    if snapshot_id(data) != snap.id:
+    if snapshot_id(data, hasher) != snap.id:
         raise ManifestError(f"{name}: content does not match its id (edited or damaged)")
     if expected_id is not None and snap.id != expected_id:
         raise ManifestError(f"{name}: holds snapshot {snap.id[:12]}, not the one its name says")

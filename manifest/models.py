@@ -124,6 +124,22 @@ class RetentionPolicy(_Model):
     auto_prune: bool = False
 
 
+ENCRYPTED_STORE_VERSION = 4
+"""`config.json`'s `version` in an encrypted store (issue 17): a chromasnap that reads up to
+format 3 refuses it in one line ("written by a newer chromasnap") instead of misreading
+sealed objects. Plain stores keep writing FORMAT_VERSION, byte for byte as before."""
+
+
+class Encryption(_Model):
+    """`config.json`'s `encryption` (absent in a plain store): how objects are sealed and
+    blobs named. The master key is wrapped in the readable key files `keys/<id>.json`,
+    which also hold their KDF parameters (docs/encryption.md)."""
+
+    version: Literal[1] = 1
+    cipher: Literal["aes-256-gcm", "chacha20-poly1305"] = "aes-256-gcm"
+    blob_id: Literal["blake3-keyed"] = "blake3-keyed"
+
+
 class StoreConfig(_Model):
     """`config.json` at the root of a store: how to read everything else in it."""
 
@@ -136,6 +152,19 @@ class StoreConfig(_Model):
     chunking: Chunking = Field(default_factory=Chunking)
     pack_size: int = Field(16 << 20, ge=1 << 16)
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    encryption: Encryption | None = Field(
+        None, description="set in an encrypted store (version 4); absent from a plain store's file"
+    )
+
+    @model_validator(mode="after")
+    def _version_says_encrypted(self) -> StoreConfig:
+        """Version 4 if and only if encrypted: an edited config cannot make a store plain."""
+        if (self.encryption is not None) != (self.version >= ENCRYPTED_STORE_VERSION):
+            raise ValueError(
+                f"version {self.version} does not match the encryption field "
+                f"(an encrypted store is version {ENCRYPTED_STORE_VERSION})"
+            )
+        return self
 
 
 # --- chunk lists (stored as blobs of type "list" in packs) -----------------------------

@@ -733,6 +733,6 @@ def take_snapshot(
         wal=cap.wal,
         records=cap.records,
     )
-    snap.id = snapshot_id(snap)
+    snap.id = snapshot_id(snap, repo.codec.blob_key)  # keyed in an encrypted store
     repo.create_snapshot(snap)
     return snap, cap.stats

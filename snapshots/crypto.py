@@ -5,23 +5,21 @@ format of an unencrypted store). `SealedCodec` seals every object with an AEAD c
 key derived from the store's master key, binds the object's name as associated data (so an
 object moved to another name fails authentication), and names a blob by a BLAKE3 keyed hash
 (so a bucket reader cannot confirm that a known document or vector is stored). Blobs are
-compressed before they are sealed. Byte layouts: docs/encryption-draft.md.
+compressed before they are sealed. Byte layouts: docs/encryption.md.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from blake3 import blake3
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .errors import StoreError
 
 MASTER_KEY_SIZE: Final = 32
-NONCE_SIZE: Final = 12  # random 96-bit nonces: see docs/encryption-draft.md for the collision bound
+NONCE_SIZE: Final = 12  # random 96-bit nonces: see docs/encryption.md for the collision bound
 TAG_SIZE: Final = 16
 SEALED_VERSION: Final = 1
 HEADER_SIZE: Final = 2  # [version][cipher id]
@@ -42,7 +40,10 @@ OBJECT_KEY_CONTEXTS: Final = {
     CHACHA20_POLY1305: "chromasnap 2026-11-29 object key chacha20-poly1305 v1",
 }
 
-_Aead = AESGCM | ChaCha20Poly1305
+if TYPE_CHECKING:  # `cryptography` is imported when a store is sealed: a plain store's `list` skips it
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+    _Aead = AESGCM | ChaCha20Poly1305
 
 
 class AuthenticationError(StoreError):
@@ -66,6 +67,8 @@ def new_master_key() -> bytes:
 
 def aead(cipher: int, key: bytes) -> _Aead:
     """The `cryptography` AEAD object for a cipher id of the sealed-object header."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
     if cipher == AES_256_GCM:
         return AESGCM(key)
     if cipher == CHACHA20_POLY1305:
@@ -146,6 +149,8 @@ class SealedCodec(Codec):
         box = self._aeads.get(cipher)
         if box is None:
             raise AuthenticationError(name, f"unknown cipher id {cipher}")
+        from cryptography.exceptions import InvalidTag
+
         view = memoryview(data)  # slices of a view do not copy the body
         try:
             return box.decrypt(

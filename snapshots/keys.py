@@ -10,7 +10,7 @@ Key files are immutable: each is written once with `create_only`, through a `Key
 store's backend, or any object with the same four methods). Changing a password writes the new
 key file before removing the old one, so a crash leaves the old or the new password usable,
 never neither. Callers hold the store lock around add, remove and passwd (two concurrent
-removals could otherwise leave no key). Layout: docs/encryption-draft.md.
+removals could otherwise leave no key). Layout: docs/encryption.md.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from .backend import StorageBackend
 from .errors import ChromasnapError, UsageError
 from .layout import SQLITE_NAME, check_database, check_layout, default_store, inside, no_database_yet
 from .local_backend import LocalBackend
-from .repository import Parents, Repository
+from .repository import Parents, PasswordSource, Repository
 from .retention import parse_replaced, validate
 
 
@@ -41,6 +41,7 @@ class _OnFirstUse:
 
 if TYPE_CHECKING:
     from . import aio, browse, capture, checker, extract, gc, guard, prune, restore, rollforward
+    from . import keys as keyfiles
     from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
     from .capture import CaptureStats
     from .checker import HealthReport, VerifyReport
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from .restore import RecoverResult, RestoreResult
     from .rollforward import RollForwardReport
 else:
+    keyfiles = _OnFirstUse("keys")  # argon2 and cryptography: for encrypted stores only
     aio, browse, capture, checker, extract, gc, guard, prune, restore, rollforward = map(
         _OnFirstUse,
         ("aio", "browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore", "rollforward"),
@@ -82,9 +84,12 @@ class SnapshotManager:
         *,
         backend: StorageBackend | None = None,
         allow_foreign_owner: bool | None = None,
+        password: PasswordSource | None = None,
     ) -> None:
         """`allow_foreign_owner` reads a store another user owns (refused by default: they
-        could have crafted it); None takes CHROMASNAP_ALLOW_FOREIGN_OWNER."""
+        could have crafted it); None takes CHROMASNAP_ALLOW_FOREIGN_OWNER. `password` is
+        asked only if the store is encrypted (None: CHROMASNAP_PASSWORD* or a prompt)."""
+        self._password = password  # issue 17
         if db_path is None and store_path is None:
             raise UsageError("no database given: use --db PATH or set CHROMASNAP_DB")
         self.db_path = Path(os.path.abspath(db_path)) if db_path is not None else None
@@ -122,7 +127,7 @@ class SnapshotManager:
     @property
     def repo(self) -> Repository:
         if self._repo is None:
-            self._repo = Repository.open(self.backend)
+            self._repo = Repository.open(self.backend, self._password)
         return self._repo
 
     def list(self) -> builtins.list[Snapshot]:
@@ -164,7 +169,7 @@ class SnapshotManager:
             self._write_lock(wait=wait) if exclusive else contextlib.nullcontext(),
             locks.store_lock(self.backend),
         ):
-            repo = self._repo = Repository.open_or_create(self.backend)
+            repo = self._repo = self._fresh_repo(create=True)
             t0 = time.monotonic()
             parent = self._parents.newest(repo)
             snap, self.last_capture = capture.take_snapshot(
@@ -182,7 +187,7 @@ class SnapshotManager:
     def _create_store(self) -> None:
         """Open the store, creating an empty one if there is none (under the store lock)."""
         with locks.store_lock(self.backend):
-            self._repo = Repository.open_or_create(self.backend)
+            self._repo = self._fresh_repo(create=True)
 
     def extract(self, ref: str, target: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Write snapshot `ref` into `target`, a new or empty directory; every byte is checked."""
@@ -392,7 +397,7 @@ class SnapshotManager:
         """Replace the store's retention rules (validated; written atomically)."""
         validate(policy)
         with locks.store_lock(self.backend):
-            repo = self._repo = Repository.open(self.backend)
+            repo = self._repo = self._fresh_repo()
             repo.config.retention = policy
             repo.save_config()
         return policy
@@ -410,7 +415,7 @@ class SnapshotManager:
         keep, then reclaim every byte no remaining snapshot references."""
         t0 = time.monotonic()
         with locks.store_lock(self.backend):
-            repo = self._repo = Repository.open(self.backend)
+            repo = self._repo = self._fresh_repo()
             rules = policy or repo.config.retention
             result = prune.prune(repo, rules, dry_run)
             if rules.keep_replaced and self.db_path is not None:
@@ -463,3 +468,62 @@ class SnapshotManager:
     ) -> HealthReport:
         """`health` in a worker thread (the probe itself is a child process)."""
         return await aio.health(self, in_place, python, timeout)
+
+    # --- encryption (issue 17): init and key files ----------------------------------------
+
+    def init(self, encrypt: bool | None = None, kdf: keyfiles.Kdf | None = None) -> Repository:
+        """Create the store explicitly; `encrypt` None: encrypted for a remote store (the hook
+        for remote URLs: any backend that is not local), plain for a local path."""
+        if encrypt is None:
+            encrypt = not self.backend.is_local
+        with locks.store_lock(self.backend):
+            self._repo = Repository.create(self.backend, self._password, encrypt=encrypt, kdf=kdf)
+        return self._repo
+
+    def keys(self) -> tuple[builtins.list[keyfiles.KeyFile], builtins.list[str], str]:
+        """The store's readable key files (oldest first), one message per damaged one, and
+        the id of the key the password opened (the store is opened: a wrong password fails)."""
+        repo = self._encrypted()
+        found, problems = keyfiles.list_keys(self.backend)
+        assert repo.key_id is not None
+        return found, problems, repo.key_id
+
+    def add_key(self, new_password: str, kdf: keyfiles.Kdf | None = None) -> keyfiles.KeyFile:
+        """A new key file opening the store with `new_password` (durable, read back)."""
+        with locks.store_lock(self.backend):
+            repo = self._encrypted()
+            return keyfiles.add_key(self.backend, repo.config.id, repo.master_key(), new_password, kdf=kdf)
+
+    def remove_key(self, key_id: str) -> None:
+        """Remove a key file; refused for the key this password opened, and for the last one."""
+        with locks.store_lock(self.backend):
+            repo = self._encrypted()
+            assert repo.key_id is not None
+            keyfiles.remove_key(self.backend, repo.config.id, key_id, opened_with=repo.key_id)
+
+    def change_password(self, new_password: str, kdf: keyfiles.Kdf | None = None) -> keyfiles.KeyFile:
+        """Replace the key file the password opened by one for `new_password` (a new id):
+        the new file is durable before the old one goes; no pack or document is touched."""
+        with locks.store_lock(self.backend):
+            repo = self._encrypted()
+            assert repo.key_id is not None
+            new = keyfiles.change_password(
+                self.backend, repo.config.id, repo.master_key(), repo.key_id, new_password, kdf=kdf
+            )
+            repo.key_id = new.id
+            return new
+
+    def _fresh_repo(self, create: bool = False) -> Repository:
+        """The store read afresh under the store lock; an encrypted store's key, once
+        unwrapped by this manager, is reused (the KDF runs once per manager)."""
+        if self._repo is not None and self._repo.codec.encrypted and self.backend.exists():
+            return self._repo.reopen()
+        if create:
+            return Repository.open_or_create(self.backend, self._password)
+        return Repository.open(self.backend, self._password)
+
+    def _encrypted(self) -> Repository:
+        repo = self.repo
+        if not repo.codec.encrypted:
+            raise UsageError(f"the store at {self.backend.location} is not encrypted: it has no keys")
+        return repo

@@ -4,6 +4,9 @@ Layout (docs/format.md): blob bodies back to back, then the trailer (zstd-compre
 JSON `{"blobs": [[key, type, offset, length, raw_length], ...]}`), then the trailer's
 length as uint32 little-endian, then the 8-byte magic ``CSNPACK1``. A pack's name is
 the BLAKE3 of its whole content, so a pack can be checked without any index.
+
+In an encrypted store (docs/encryption.md) each blob body is sealed under its blob key
+and the trailer under the name ``pack-trailer``, and the magic is ``CSNPACK2``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zstandard
 from blake3 import blake3
@@ -23,7 +27,13 @@ from chromasnap.manifest.io import parse_json
 
 from .errors import StoreError
 
+if TYPE_CHECKING:
+    from .crypto import Codec
+
 MAGIC = b"CSNPACK1"
+SEALED_MAGIC = b"CSNPACK2"
+TRAILER_NAME = "pack-trailer"
+"""The associated-data name of a sealed trailer (a pack's own name hashes the trailer too)."""
 BLOB_TYPES = ("data", "list", "records")
 _HEX64 = frozenset("0123456789abcdef")
 
@@ -49,10 +59,10 @@ def _is_int(value: object) -> bool:
     return type(value) is int
 
 
-def location(pack: str, row: object) -> tuple[str, BlobLocation]:
+def location(pack: str, row: object, overhead: int = 0) -> tuple[str, BlobLocation]:
     """(key, location) of one `[key, type, offset, length, raw_length]` row of an index
     file or a pack trailer; ValueError saying what is wrong (sizes in sane limits, the
-    compressed length possible for the raw length)."""
+    compressed length possible for the raw length, plus a sealed body's `overhead`)."""
     if not isinstance(row, list) or len(row) != 5:
         raise ValueError("a row is not [key, type, offset, length, raw_length]")
     key, btype, off, length, raw = row
@@ -64,7 +74,7 @@ def location(pack: str, row: object) -> tuple[str, BlobLocation]:
         raise ValueError(f"blob {key[:16]} has a non-integer offset or length")
     if not 0 <= raw <= limits.MAX_BLOB[btype]:
         raise ValueError(f"blob {key[:16]} claims {raw} bytes, more than a {btype} blob may have")
-    if not 0 <= off <= limits.MAX_PACK or not 0 < length <= limits.zstd_bound(raw):
+    if not 0 <= off <= limits.MAX_PACK or not 0 < length <= limits.zstd_bound(raw) + overhead:
         raise ValueError(f"blob {key[:16]} has an impossible offset {off} or length {length}")
     return key, BlobLocation(pack, btype, off, length, raw)
 
@@ -104,7 +114,8 @@ def decompress(
 class PackFile:
     """A pack being written in a local scratch file."""
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, codec: Codec | None = None) -> None:
+        self.codec = codec
         self.path = scratch / f"pack-{os.getpid()}-{os.urandom(6).hex()}"
         self._fh = open(self.path, "xb")  # noqa: SIM115 - closed in finish/abort
         os.chmod(self.path, 0o600)
@@ -123,7 +134,10 @@ class PackFile:
         trailer = zstandard.ZstdCompressor(level=3).compress(
             json.dumps({"blobs": self.blobs}, separators=(",", ":")).encode()
         )
-        tail = trailer + struct.pack("<I", len(trailer)) + MAGIC
+        magic = MAGIC
+        if self.codec is not None and self.codec.encrypted:
+            trailer, magic = self.codec.seal(TRAILER_NAME, trailer), SEALED_MAGIC
+        tail = trailer + struct.pack("<I", len(trailer)) + magic
         self._fh.write(tail)
         self._hash.update(tail)
         self.size += len(tail)
@@ -137,14 +151,22 @@ class PackFile:
             self.path.unlink()
 
 
-def parse_trailer(data: bytes, name: str) -> list[tuple[str, str, int, int, int]]:
-    """Blob table of a pack from its last bytes (the whole pack, or at least its tail)."""
-    if len(data) < 12 or data[-8:] != MAGIC:
+def parse_trailer(data: bytes, name: str, codec: Codec | None = None) -> list[tuple[str, str, int, int, int]]:
+    """Blob table of a pack from its last bytes (the whole pack, or at least its tail);
+    a sealed pack's needs the store's `codec`."""
+    if len(data) < 12 or data[-8:] not in (MAGIC, SEALED_MAGIC):
         raise StoreError(f"{name}: not a pack file (bad magic)")
+    sealed = data[-8:] == SEALED_MAGIC
+    if sealed and (codec is None or not codec.encrypted):
+        raise StoreError(f"{name}: an encrypted store's pack (it needs the store's key)")
     (tlen,) = struct.unpack("<I", data[-12:-8])
-    if tlen + 12 > len(data) or tlen > limits.MAX_TRAILER:
+    if tlen + 12 > len(data) or tlen > limits.MAX_TRAILER + (codec.overhead if codec else 0):
         raise StoreError(f"{name}: pack trailer is truncated")
     body = data[-12 - tlen : -12]
+    overhead = 0
+    if sealed:
+        assert codec is not None
+        body, overhead = codec.open(TRAILER_NAME, body), codec.overhead
     raw = decompress(zstandard.ZstdDecompressor(), body, limits.MAX_TRAILER, f"{name}: pack trailer", False)
     try:
         if len(raw) > limits.MAX_TRAILER:
@@ -152,7 +174,7 @@ def parse_trailer(data: bytes, name: str) -> list[tuple[str, str, int, int, int]
         blobs = parse_json(raw, f"{name}: pack trailer", limits.MAX_TRAILER)["blobs"]
         out = []
         for row in blobs:
-            key, loc = location(name, row)
+            key, loc = location(name, row, overhead)
             if loc.offset + loc.length > len(data):
                 raise ValueError(f"blob {key[:16]} lies past the pack's end")
             out.append((key, loc.type, loc.offset, loc.length, loc.raw_length))

@@ -265,8 +265,8 @@ def load_index(repo: Repository, key: str) -> RecordIndex:
 def from_lines(path: Path, source: RecordSource) -> RecordIndex:
     """A RecordIndex held in memory (the live database, or an old snapshot)."""
 
-    def add(body: bytes) -> str:
-        key = blake3(body).hexdigest()
+    def add(body: bytes) -> str:  # named as the store names them, so equal chunks match
+        key = source.repo.codec.blob_key(body) if source.repo else blake3(body).hexdigest()
         source.memory[key] = body
         return key
 

@@ -3,6 +3,9 @@
 Write order makes a crash harmless: packs first, then the index file naming their
 blobs, then the snapshot document. Anything written before a crash but not yet
 referenced by a snapshot is garbage that gc reclaims; no snapshot is ever partial.
+
+Every object body goes through the store's `Codec` (crypto.py): as it is in a plain
+store, sealed under the object's name in an encrypted one (docs/encryption.md).
 """
 
 from __future__ import annotations
@@ -15,18 +18,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard
-from blake3 import blake3
 
 from chromasnap.manifest import (
+    ENCRYPTED_STORE_VERSION,
     INDEX_VERSION,
     CatalogDoc,
     ChunkListDoc,
+    Encryption,
     IndexDoc,
     ManifestError,
     PackEntry,
+    RetentionPolicy,
     Snapshot,
     StoreConfig,
     dumps,
@@ -35,17 +40,54 @@ from chromasnap.manifest import (
     load_config,
     load_snapshot,
 )
-from chromasnap.manifest.io import parse_json
+from chromasnap.manifest.io import loads, parse_json
 
 from . import locks
 from .backend import StorageBackend
+from .crypto import CIPHER_NAMES, AuthenticationError, Codec, PlainCodec, SealedCodec
 from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
 from .workdir import WorkDir
 
-__all__ = ["INDEX_VERSION", "BlobWriter", "Parents", "Repository"]
+if TYPE_CHECKING:
+    from . import keys as keyfiles
+
+__all__ = ["INDEX_VERSION", "BlobWriter", "Parents", "PasswordSource", "Repository"]
 HEX64 = re.compile(r"[0-9a-f]{64}")
 SNAPSHOT_NAME = re.compile(r"snapshots/([0-9a-f]{64})\.json")
+
+# --- encryption (issue 17) -------------------------------------------------------------
+PasswordSource = Callable[[], str]
+"""Gives the store's password when (and only when) an encrypted store is opened; the
+default reads CHROMASNAP_PASSWORD_FILE, _COMMAND, CHROMASNAP_PASSWORD or a terminal."""
+POLICY_NAME = "policy.json"
+"""An encrypted store's retention rules, sealed (config.json's stay empty)."""
+
+
+def _unlock(
+    backend: StorageBackend, config: StoreConfig, password: PasswordSource | None
+) -> tuple[Codec, bytes | None, str | None]:
+    """The codec that opens this store, its master key and the id of the key file that opened it.
+
+    A store with key files is encrypted whatever config.json says: a bucket writer who
+    removed `encryption` from it must not make the next snapshot write plaintext."""
+    from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
+    from .password import read_password
+
+    has_keys = bool(backend.list(keyfiles.KEYS_FOLDER))
+    if config.encryption is None:
+        if has_keys:
+            raise StoreError(
+                f"store {backend.location} has key files but its config.json says it is not "
+                "encrypted (edited?); refusing to read or write it"
+            )
+        return PlainCodec(), None, None
+    master, key = keyfiles.open_master_key(backend, config.id, (password or read_password)())
+    cipher = {v: k for k, v in CIPHER_NAMES.items()}[config.encryption.cipher]
+    return SealedCodec(master, cipher), master, key.id
+
+
+# --- end encryption ---------------------------------------------------------------------
 
 
 class Repository:
@@ -54,9 +96,20 @@ class Repository:
     The only writer of the store's documents: config, index files (`write_index`), the
     catalog and snapshot documents."""
 
-    def __init__(self, backend: StorageBackend, config: StoreConfig) -> None:
+    def __init__(
+        self,
+        backend: StorageBackend,
+        config: StoreConfig,
+        codec: Codec | None = None,
+        key_id: str | None = None,
+    ) -> None:
         self.backend = backend
         self.config = config
+        self.codec: Codec = codec or PlainCodec()
+        """Seals and opens every object body, names blobs (crypto.py)."""
+        self.key_id = key_id
+        """The key file that opened an encrypted store (None: a plain store)."""
+        self._master: bytes | None = None
         self.workdir = WorkDir.of(backend)
         """Local scratch (packs being written, private copies): not part of the store."""
         self._index: dict[str, BlobLocation] | None = None
@@ -70,7 +123,10 @@ class Repository:
     # --- opening ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, backend: StorageBackend) -> Repository:
+    def open(
+        cls, backend: StorageBackend, password: PasswordSource | None = None, codec: Codec | None = None
+    ) -> Repository:
+        """Open a store; an encrypted one asks `password` (run only then) or uses `codec`."""
         if not backend.exists():
             raise UsageError(f"no chromasnap store at {backend.location}")
         try:
@@ -79,20 +135,105 @@ class Repository:
             )
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
-        return cls(backend, config)
+        key_id = master = None
+        if codec is None:
+            codec, master, key_id = _unlock(backend, config, password)
+        elif codec.encrypted != (config.encryption is not None):
+            raise StoreError(f"store {backend.location} is not encrypted as it was when opened")
+        repo = cls(backend, config, codec, key_id)
+        repo._master = master
+        if codec.encrypted:
+            repo._load_policy()
+        return repo
 
     @classmethod
-    def open_or_create(cls, backend: StorageBackend, **config: Any) -> Repository:
+    def open_or_create(
+        cls, backend: StorageBackend, password: PasswordSource | None = None, **config: Any
+    ) -> Repository:
+        """Open the store, or create a plain one (the first snapshot's store, as always)."""
         if backend.exists():
-            return cls.open(backend)
+            return cls.open(backend, password)
+        return cls.create(backend, **config)
+
+    @classmethod
+    def create(
+        cls,
+        backend: StorageBackend,
+        password: PasswordSource | None = None,
+        *,
+        encrypt: bool = False,
+        kdf: keyfiles.Kdf | None = None,
+        **config: Any,
+    ) -> Repository:
+        """A new store: plain, or encrypted with a new master key wrapped under `password`
+        (asked once, confirmed at a terminal). The key file is durable before config.json
+        says the store exists, so a crash leaves no store that nothing can open."""
+        from . import keys as keyfiles
+        from .password import read_password
+
+        if backend.exists():
+            raise UsageError(f"a chromasnap store already exists at {backend.location}")
         backend.create()
-        cfg = StoreConfig(id=os.urandom(32).hex(), created_at=datetime.now(UTC), **config)
+        if backend.list(keyfiles.KEYS_FOLDER):  # an `init --encrypt` that died before config.json
+            raise UsageError(
+                f"{backend.location} has key files but no config.json (an interrupted init?): "
+                "remove its keys/ folder first"
+            )
+        store_id = os.urandom(32).hex()
+        codec: Codec = PlainCodec()
+        key_id = master = None
+        if encrypt:
+            config = {**config, "version": ENCRYPTED_STORE_VERSION, "encryption": Encryption()}
+            pw = password() if password else read_password(confirm=True)
+            master, key = keyfiles.create_master_key(backend, store_id, pw, kdf=kdf)
+            codec, key_id = SealedCodec(master), key.id
+        cfg = StoreConfig(id=store_id, created_at=datetime.now(UTC), **config)
         backend.save("config.json", dumps(cfg))
-        return cls(backend, cfg)
+        repo = cls(backend, cfg, codec, key_id)
+        repo._master = master
+        return repo
+
+    def reopen(self) -> Repository:
+        """The store read afresh (config, index, policy), with the key already unwrapped: a
+        long-lived manager derives an encrypted store's key once, not at every snapshot."""
+        if not self.codec.encrypted:
+            return Repository.open(self.backend)
+        repo = Repository.open(self.backend, codec=self.codec)
+        if repo.config.id != self.config.id:
+            raise StoreError(f"the store at {self.backend.location} was replaced by another store")
+        repo.key_id, repo._master = self.key_id, self._master
+        return repo
+
+    def master_key(self) -> bytes:
+        """The master key of an encrypted store opened by password (for key files and `copy`)."""
+        if self._master is None:
+            raise UsageError(f"the store at {self.backend.location} was not opened with a key")
+        return self._master
 
     def save_config(self) -> None:
-        """Write the config (its retention rules changed; the caller holds the store lock)."""
+        """Write the config (its retention rules changed; the caller holds the store lock).
+        An encrypted store keeps its rules sealed in policy.json, and config.json as it is."""
+        if self.codec.encrypted:
+            raw = dumps(self.config.retention)
+            self.backend.save(POLICY_NAME, self.codec.seal(POLICY_NAME, raw))
+            return
         self.backend.save("config.json", dumps(self.config))
+
+    def _load_policy(self) -> None:
+        """An encrypted store's retention rules. Damaged, they are reported (as list and
+        verify report index files) and left unset, which keeps everything and stops prune,
+        rather than stopping every command: `policy set` writes them again."""
+        try:
+            raw = self._load(POLICY_NAME, limits.MAX_CONFIG)
+            self.config.retention = loads(RetentionPolicy, raw, POLICY_NAME, limits.MAX_CONFIG)
+        except ObjectNotFound:
+            return
+        except (StoreError, ManifestError) as exc:
+            self.index_problems[POLICY_NAME] = f"{exc}; the retention rules are unset until `policy set`"
+
+    def _load(self, name: str, max_bytes: int) -> bytes:
+        """A whole document, opened (sealed documents are `overhead` bytes larger)."""
+        return self.codec.open(name, self.backend.load_bounded(name, max_bytes + self.codec.overhead))
 
     # --- index --------------------------------------------------------------------
 
@@ -120,7 +261,7 @@ class Repository:
                 if name in self._index_files:
                     continue
                 try:
-                    raw = self.backend.load_bounded(name, limits.MAX_INDEX_FILE)
+                    raw = self._load(name, limits.MAX_INDEX_FILE)
                 except ObjectNotFound:
                     continue  # removed by another process's gc since the listing
                 except StoreError as exc:
@@ -153,7 +294,7 @@ class Repository:
                 continue
             for row in rows:
                 try:
-                    key, loc = location(pid, row)
+                    key, loc = location(pid, row, self.codec.overhead)
                 except ValueError as exc:
                     bad.append(str(exc))
                     continue
@@ -169,9 +310,9 @@ class Repository:
         """Durably record where the blobs of `packs` lie, in one new index file named by
         its content's hash; returns its name. (BlobWriter.commit and gc call this.)"""
         raw = IndexDoc.of(packs).to_json()
-        name = f"index/{blake3(raw).hexdigest()}.json"
+        name = f"index/{self.codec.blob_key(raw)}.json"
         with contextlib.suppress(ObjectExists):  # the same content, named by its hash
-            self.backend.save(name, raw, create_only=True)
+            self.backend.save(name, self.codec.seal(name, raw), create_only=True)
         return name
 
     def reset_index(self) -> None:
@@ -199,11 +340,15 @@ class Repository:
                 raise
             loc = moved
             body = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
+        try:
+            body = self.codec.open(key, body)
+        except AuthenticationError as exc:  # worded as verify names a damaged blob
+            raise StoreError(f"blob {key[:16]} in pack {loc.pack[:16]} is damaged: {exc.reason}") from None
         dctx = getattr(self._dctx, "d", None)
         if dctx is None:
             dctx = self._dctx.d = zstandard.ZstdDecompressor()
         raw = decompress(dctx, body, loc.raw_length, f"blob {key[:16]} in pack {loc.pack[:16]}")
-        if len(raw) != loc.raw_length or blake3(raw).hexdigest() != key:
+        if len(raw) != loc.raw_length or self.codec.blob_key(raw) != key:
             raise StoreError(f"blob {key[:16]} in pack {loc.pack[:16]} does not match its hash")
         return raw
 
@@ -242,8 +387,8 @@ class Repository:
     def load_snapshot(self, snap_id: str) -> Snapshot:
         name = f"snapshots/{snap_id}.json"
         try:
-            raw = self.backend.load_bounded(name, limits.MAX_SNAPSHOT_DOC)
-            return load_snapshot(raw, f"{self.backend.location}/{name}", expected_id=snap_id)
+            raw = self._load(name, limits.MAX_SNAPSHOT_DOC)
+            return load_snapshot(raw, f"{self.backend.location}/{name}", snap_id, self.codec.blob_key)
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
 
@@ -277,7 +422,7 @@ class Repository:
         try:
             if not self._has_catalog():
                 return set(), None
-            raw = self.backend.load_bounded("catalog.json", limits.MAX_CATALOG)
+            raw = self._load("catalog.json", limits.MAX_CATALOG)
             doc = parse_json(raw, where, limits.MAX_CATALOG)
             entries = doc["snapshots"]
             if not isinstance(entries, list):
@@ -302,7 +447,7 @@ class Repository:
 
     def _write_catalog(self, ids: set[str]) -> None:
         doc = CatalogDoc.model_construct(version=INDEX_VERSION, snapshots=sorted(ids))
-        self.backend.save("catalog.json", doc.to_json())
+        self.backend.save("catalog.json", self.codec.seal("catalog.json", doc.to_json()))
 
     def catalog_add(self, snap_id: str) -> None:
         ids, _ = self.catalog()
@@ -333,13 +478,15 @@ class Repository:
     def save_snapshot(self, snap: Snapshot) -> None:
         """Replace a snapshot's document (its mutable fields changed: pinned, verifications,
         events); the caller holds the store lock."""
-        self.backend.save(f"snapshots/{snap.id}.json", dumps(snap))
+        name = f"snapshots/{snap.id}.json"
+        self.backend.save(name, self.codec.seal(name, dumps(snap)))
 
     def create_snapshot(self, snap: Snapshot) -> None:
         """Write a new snapshot's document (named by its content's hash), then list it in
         the catalog; the caller holds the store lock."""
+        name = f"snapshots/{snap.id}.json"
         with contextlib.suppress(ObjectExists):  # the same document, named by its hash
-            self.backend.save(f"snapshots/{snap.id}.json", dumps(snap), create_only=True)
+            self.backend.save(name, self.codec.seal(name, dumps(snap)), create_only=True)
         self.catalog_add(snap.id)
 
     def update_snapshot(self, snap_id: str, change: Callable[[Snapshot], None]) -> Snapshot:
@@ -395,7 +542,8 @@ class BlobWriter:
 
     def _store(self, chunks: list[bytes], blob_type: str) -> list[str]:
         """Hash a batch, compress the blobs the store lacks, append them to the pack."""
-        keys = [blake3(c).hexdigest() for c in chunks]
+        codec = self.repo.codec
+        keys = [codec.blob_key(c) for c in chunks]
         fresh: list[int] = []
         with self._lock:
             for i, key in enumerate(keys):
@@ -405,12 +553,12 @@ class BlobWriter:
         if not fresh:
             return keys
         comp = self._compressor()
-        bodies = [comp.compress(chunks[i]) for i in fresh]
+        bodies = [codec.seal(keys[i], comp.compress(chunks[i])) for i in fresh]
         full: list[PackFile] = []
         with self._lock:
             for i, body in zip(fresh, bodies, strict=True):
                 if self._pack is None:
-                    self._pack = PackFile(self.scratch)
+                    self._pack = PackFile(self.scratch, self.repo.codec)
                 self._pack.add(keys[i], blob_type, body, len(chunks[i]))
                 self.new_blobs += 1
                 self.new_bytes += len(body)

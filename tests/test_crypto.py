@@ -229,7 +229,7 @@ def test_known_plaintext_never_appears_in_sealed_output() -> None:
 
 
 def test_sealed_object_decrypts_by_the_documented_layout_alone() -> None:
-    """docs/encryption-draft.md, followed with `cryptography` and `blake3` only."""
+    """docs/encryption.md, followed with `cryptography` and `blake3` only."""
     master = crypto.new_master_key()
     sealed = SealedCodec(master).seal("index/0123.json", b'{"version": 1}')
     version, cipher, nonce, rest = sealed[0], sealed[1], sealed[2:14], sealed[14:]
