@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from .common import REMOTE
 from .demo_cmd import demo_cmd
 from .diff_cmd import diff_cmd
 from .export_cmd import export_cmd
@@ -32,6 +35,44 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def remote_options(
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-url",
+            envvar="AWS_ENDPOINT_URL",
+            help="S3-compatible server of s3:// stores (MinIO, R2, Ceph...); default AWS S3.",
+            show_default=False,
+        ),
+    ] = None,
+    no_cas: Annotated[
+        bool,
+        typer.Option(
+            "--no-cas",
+            envvar="CHROMASNAP_NO_CAS",
+            help="Accept a server that ignores conditional writes: lock objects instead of a lease "
+            "(safe only while every writer takes the lock and clocks roughly agree).",
+        ),
+    ] = False,
+    connections: Annotated[
+        int | None,
+        typer.Option(
+            "--connections",
+            envvar="CHROMASNAP_CONNECTIONS",
+            min=1,
+            max=256,
+            help="Parallel requests to a remote store (default 8).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Options for remote stores, given before the command: chromasnap --endpoint-url URL list ..."""
+    REMOTE.update(endpoint_url=endpoint_url, no_cas=no_cas or None, connections=connections)
+
+
 app.command("snapshot")(snapshot_cmd)
 app.command("list")(list_cmd)
 app.command("show")(show_cmd)

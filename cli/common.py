@@ -21,11 +21,11 @@ DbOpt = Annotated[
     typer.Option("--db", envvar="CHROMASNAP_DB", help="Chroma database directory.", show_default=False),
 ]
 StoreOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--store",
         envvar="CHROMASNAP_STORE",
-        help="Snapshot store (default: <db parent>/<db name>.snapshots).",
+        help="Snapshot store: a directory or s3://bucket/prefix (default: <db parent>/<db name>.snapshots).",
         show_default=False,
     ),
 ]
@@ -166,12 +166,18 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def manager(db: Path | None, store: Path | None, allow_foreign_owner: bool = False) -> SnapshotManager:
+# --- remote stores (issue 16): set by the app's global options (app.py), read by manager() ---
+REMOTE: dict[str, Any] = {"endpoint_url": None, "no_cas": None, "connections": None}
+"""`chromasnap --endpoint-url URL --no-cas --connections N COMMAND ...` (or AWS_ENDPOINT_URL,
+CHROMASNAP_NO_CAS, CHROMASNAP_CONNECTIONS): how remote stores of this run are reached."""
+
+
+def manager(db: Path | None, store: str | Path | None, allow_foreign_owner: bool = False) -> SnapshotManager:
     """The SnapshotManager of the options; what it found and left alone (a swap journal
     that is not this database's own) is printed as warnings."""
     from chromasnap.snapshots import SnapshotManager  # lazy: `--help` and typos stay fast
 
-    mgr = SnapshotManager(db, store, allow_foreign_owner=allow_foreign_owner or None)
+    mgr = SnapshotManager(db, store, allow_foreign_owner=allow_foreign_owner or None, **REMOTE)
     for warning in mgr.warnings:
         typer.echo(f"warning: {shown(warning)}", err=True)
     return mgr

@@ -22,9 +22,9 @@ from . import locks, swap
 from .backend import StorageBackend
 from .errors import ChromasnapError, UsageError
 from .layout import SQLITE_NAME, check_database, check_layout, default_store, inside, no_database_yet
-from .local_backend import LocalBackend
 from .repository import Parents, Repository
 from .retention import parse_replaced, validate
+from .stores import is_remote, open_beside_db, open_store
 
 
 class _OnFirstUse:
@@ -80,14 +80,27 @@ class SnapshotManager:
         *,
         backend: StorageBackend | None = None,
         allow_foreign_owner: bool | None = None,
+        endpoint_url: str | None = None,
+        no_cas: bool | None = None,
+        connections: int | None = None,
     ) -> None:
-        """`allow_foreign_owner` reads a store another user owns (refused by default: they
+        """`store_path` is a directory or a remote store's URL (`s3://bucket/prefix`: see
+        stores.py; `endpoint_url`, `no_cas` and `connections` apply to it).
+        `allow_foreign_owner` reads a store another user owns (refused by default: they
         could have crafted it); None takes CHROMASNAP_ALLOW_FOREIGN_OWNER."""
         if db_path is None and store_path is None:
             raise UsageError("no database given: use --db PATH or set CHROMASNAP_DB")
         self.db_path = Path(os.path.abspath(db_path)) if db_path is not None else None
-        if store_path is not None:
-            self.store_path = Path(os.path.abspath(store_path))
+        remote = store_path is not None and is_remote(store_path)
+        if remote:
+            assert store_path is not None
+            backend = backend or open_store(
+                store_path, endpoint_url=endpoint_url, no_cas=no_cas, connections=connections
+            )
+        if store_path is not None and not remote:
+            self.store_path: Path | None = Path(os.path.abspath(store_path))
+        elif remote:
+            self.store_path = None
         else:
             assert self.db_path is not None
             self.store_path = default_store(self.db_path)
@@ -97,14 +110,23 @@ class SnapshotManager:
         """Things found and deliberately not acted upon (a swap journal that is not this
         database's own); the CLI prints them."""
         if self.db_path is not None:
-            check_layout(self.db_path, self.store_path)
+            if self.store_path is not None:
+                check_layout(self.db_path, self.store_path)
             self.finished_swap = swap.finish_interrupted(self.db_path)
             if self.finished_swap and self.finished_swap.startswith(swap.IGNORED):
                 self.warnings.append(self.finished_swap)
                 self.finished_swap = None
-        elif self.store_path.exists() and not self.store_path.is_dir():
+        elif self.store_path is not None and self.store_path.exists() and not self.store_path.is_dir():
             raise UsageError(f"the store path {self.store_path} exists and is not a directory")
-        self.backend: StorageBackend = backend or LocalBackend(self.store_path, allow_foreign_owner)
+        if backend is None:
+            assert self.store_path is not None
+            backend = open_store(self.store_path, allow_foreign_owner=allow_foreign_owner)
+        self.backend: StorageBackend = backend
+        self._local: StorageBackend | None = backend
+        """Where the database write lock and the write intents live: the store itself when
+        it is local, a directory beside the database when it is remote (stores.py)."""
+        if not backend.is_local:
+            self._local = open_beside_db(self.db_path) if self.db_path is not None else None
         self._repo: Repository | None = None
         self.problems: builtins.list[str] = []
         """Messages about unreadable snapshots found by the last `list()`, then what it
@@ -116,6 +138,18 @@ class SnapshotManager:
         self._parents = Parents(self.db_path)
 
     # --- reading ------------------------------------------------------------------
+
+    @property
+    def store(self) -> str:
+        """The store's printable location (a directory, or `s3://bucket/prefix`)."""
+        return self.backend.location
+
+    @property
+    def local(self) -> StorageBackend:
+        """The machine-local side: the database write lock and write intents (see `_local`)."""
+        if self._local is None:
+            raise UsageError("this needs the database: use --db PATH or set CHROMASNAP_DB")
+        return self._local
 
     @property
     def repo(self) -> Repository:
@@ -187,7 +221,7 @@ class SnapshotManager:
         snap = self.get(ref)
         dest = Path(os.path.abspath(target))
         real = Path(os.path.realpath(dest))
-        if inside(real, Path(os.path.realpath(self.store_path))):
+        if self.store_path is not None and inside(real, Path(os.path.realpath(self.store_path))):
             raise UsageError(f"{dest} is inside the store; extract somewhere else")
         return extract.extract(self.repo, snap, dest, progress)
 
@@ -308,9 +342,7 @@ class SnapshotManager:
     def _write_lock(self, wait: bool = True) -> Iterator[object]:
         """The database write lock (locks.write_lock), counted so that a snapshot inside this
         manager's own guarded write does not wait for itself."""
-        with locks.write_lock(
-            self.backend, self.db_path, wait, lambda: guard.write_lock_holder(self.backend)
-        ):
+        with locks.write_lock(self.local, self.db_path, wait, lambda: guard.write_lock_holder(self.local)):
             self._holding_write_lock += 1
             try:
                 yield self
@@ -392,7 +424,7 @@ class SnapshotManager:
         with locks.store_lock(self.backend):
             repo = self._repo = Repository.open(self.backend)
             rules = policy or repo.config.retention
-            result = prune.prune(repo, rules, dry_run)
+            result = prune.prune(repo, rules, dry_run, self._local)
             if rules.keep_replaced and self.db_path is not None:
                 rule = parse_replaced(rules.keep_replaced)
                 result.purged_kept_dirs = prune.prune_kept(self.kept(), rule, dry_run)

@@ -338,6 +338,7 @@ class Repository:
     def create_snapshot(self, snap: Snapshot) -> None:
         """Write a new snapshot's document (named by its content's hash), then list it in
         the catalog; the caller holds the store lock."""
+        locks.check_lease(self.backend)  # issue 16: a remote store's lease must still be ours
         with contextlib.suppress(ObjectExists):  # the same document, named by its hash
             self.backend.save(f"snapshots/{snap.id}.json", dumps(snap), create_only=True)
         self.catalog_add(snap.id)

@@ -40,6 +40,7 @@ class RetryingBackend(StorageBackend):
         self.inner = inner
         self.location = inner.location
         self.is_local = inner.is_local
+        self.no_cas = inner.no_cas
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
