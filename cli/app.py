@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from .common import REMOTE
+from .copy_cmd import copy_cmd
 from .demo_cmd import demo_cmd
 from .diff_cmd import diff_cmd
 from .export_cmd import export_cmd
@@ -90,6 +91,7 @@ app.command("prune")(prune_cmd)
 app.command("pin")(pin_cmd)
 app.command("unpin")(unpin_cmd)
 app.command("stats")(stats_cmd)
+app.command("copy")(copy_cmd)
 app.add_typer(policy_app, name="policy")
 app.command("schema")(schema_cmd)
 app.command("demo")(demo_cmd)
