@@ -16,6 +16,7 @@ from .find_cmd import find_cmd
 from .health_cmd import health_cmd
 from .kept_cmd import kept_cmd
 from .list_cmd import list_cmd
+from .mirror_cmd import mirror_cmd
 from .peek_cmd import peek_cmd
 from .pin_cmd import pin_cmd, unpin_cmd
 from .policy_cmd import policy_app
@@ -92,6 +93,7 @@ app.command("pin")(pin_cmd)
 app.command("unpin")(unpin_cmd)
 app.command("stats")(stats_cmd)
 app.command("copy")(copy_cmd)
+app.command("mirror")(mirror_cmd)
 app.add_typer(policy_app, name="policy")
 app.command("schema")(schema_cmd)
 app.command("demo")(demo_cmd)

@@ -253,4 +253,5 @@ def summary(snap: Any) -> dict[str, Any]:
         "collections": len(snap.wal.collections),
         "records": sum(c.records or 0 for c in snap.wal.collections),
         "last_verification": None if last is None else last.model_dump(mode="json"),
+        "mirrored_to": sorted({e.detail for e in snap.events if e.kind == "mirrored"}),  # issue 16
     }

@@ -37,6 +37,15 @@ def list_cmd(
     snaps = mgr.list()
     for problem in mgr.problems:
         typer.echo(f"warning: {shown(problem)}", err=True)
+    mirror = mgr.policy().mirror if snaps else None
+    if mirror:
+        behind = len(mgr.unmirrored())
+        if behind:
+            typer.echo(
+                f"warning: {behind} snapshots are not yet on the mirror {shown(mirror)} "
+                "(`chromasnap mirror` retries)",
+                err=True,
+            )
     if json_out:
         print_json([summary(s) for s in snaps])
         return

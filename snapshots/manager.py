@@ -40,16 +40,17 @@ class _OnFirstUse:
 
 
 if TYPE_CHECKING:
-    from . import browse, capture, checker, extract, gc, guard, prune, restore
+    from . import browse, capture, checker, extract, gc, guard, mirror, prune, restore
     from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
     from .capture import CaptureStats
     from .checker import HealthReport, VerifyReport
     from .gc import PruneResult, SnapshotStats, StoreStats
     from .guard import WriteGuard
+    from .mirror import MirrorResult
     from .restore import RecoverResult, RestoreResult
 else:
-    browse, capture, checker, extract, gc, guard, prune, restore = map(
-        _OnFirstUse, ("browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore")
+    browse, capture, checker, extract, gc, guard, mirror, prune, restore = map(
+        _OnFirstUse, ("browse", "capture", "checker", "extract", "gc", "guard", "mirror", "prune", "restore")
     )
 
 __all__ = ["SQLITE_NAME", "SnapshotManager", "SnapshotStats", "StoreStats", "WriteGuard", "check_database"]
@@ -127,6 +128,9 @@ class SnapshotManager:
         it is local, a directory beside the database when it is remote (stores.py)."""
         if not backend.is_local:
             self._local = open_beside_db(self.db_path) if self.db_path is not None else None
+        self._remote_options: dict[str, Any] = {"endpoint_url": endpoint_url, "no_cas": no_cas}
+        self.last_mirror: MirrorResult | None = None
+        """How the last `snapshot()` was mirrored (None: no mirror is set)."""
         self._repo: Repository | None = None
         self.problems: builtins.list[str] = []
         """Messages about unreadable snapshots found by the last `list()`, then what it
@@ -204,7 +208,11 @@ class SnapshotManager:
             )
             self._parents.add(snap)
             self.last_duration_s = time.monotonic() - t0
-            return snap
+        self.last_mirror = None
+        url = self.repo.config.retention.mirror
+        if url:  # after the store lock is let go; a failure is recorded, never raised
+            self.last_mirror = mirror.mirror_snapshots(self.repo, url, [snap.id], **self._remote_options)
+        return snap
 
     def _need_db(self) -> Path:
         if self.db_path is None:
@@ -430,6 +438,27 @@ class SnapshotManager:
                 result.purged_kept_dirs = prune.prune_kept(self.kept(), rule, dry_run)
         result.duration_s = time.monotonic() - t0
         return result
+
+    # --- mirroring ----------------------------------------------------------------------
+
+    def set_mirror(self, url: str | None) -> RetentionPolicy:
+        """Copy each new snapshot to the store `url` from now on (None: stop mirroring)."""
+        policy = self.policy().model_copy()
+        policy.mirror = mirror.check_url(url) if url else None
+        return self.set_policy(policy)
+
+    def unmirrored(self) -> builtins.list[Snapshot]:
+        """Snapshots not yet copied to the mirror (none when no mirror is set)."""
+        url = self.policy().mirror if self.backend.exists() else None
+        return mirror.unmirrored(self.list(), url) if url else []
+
+    def mirror(self) -> MirrorResult:
+        """Copy every snapshot not yet on the mirror (the backlog of failed mirrorings)."""
+        url = self.policy().mirror
+        if not url:
+            raise UsageError("no mirror is set: use `chromasnap policy set --mirror URL`")
+        ids = [s.id for s in self.unmirrored()]
+        return mirror.mirror_snapshots(self.repo, url, ids, **self._remote_options)
 
     def stats(self) -> StoreStats:
         """Store size, logical size, dedup ratio, and what removing each snapshot frees."""
