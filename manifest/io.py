@@ -24,6 +24,8 @@ def dumps(model: BaseModel) -> bytes:
     data = model.model_dump(mode="json")
     if isinstance(model, Snapshot):
         data = _without_absent(data)
+    if isinstance(model, StoreConfig) and data["retention"].get("mirror") is None:
+        del data["retention"]["mirror"]  # issue 16: a store without a mirror stays readable by older versions
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
