@@ -190,3 +190,45 @@ def test_recover_onto_a_bare_machine(db: Path, tmp_path: Path, moto_endpoint: st
         assert tree_bytes(bare) == expected
         assert json.loads(run_sample("count", str(bare))) == json.loads(run_sample("count", str(db)))
     shutil.rmtree(db)
+
+
+@pytest.mark.slow  # ~40 s: two snapshots at once, then verify
+def test_two_processes_snapshot_into_one_s3_store_at_once(
+    db: Path, tmp_path: Path, moto_endpoint: str
+) -> None:
+    """The second waits for the first's lease; both succeed and everything verifies."""
+    url = fresh_url()
+    other = tmp_path / "other" / "chroma"
+    shutil.copytree(db, other)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHROMASNAP_")}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chromasnap.cli",
+                "--endpoint-url",
+                moto_endpoint,
+                "snapshot",
+                "--db",
+                str(d),
+                "--store",
+                url,
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=base,
+        )
+        for d in (db, other)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    ids = sorted(json.loads(o[0])["id"] for o in outs)
+    rows = json.loads(ok(cli("list", "--store", url, "--json", endpoint=moto_endpoint)))
+    assert sorted(r["id"] for r in rows) == ids
+    reports = json.loads(
+        ok(cli("verify", "--all", "--quick", "--store", url, "--json", endpoint=moto_endpoint))
+    )
+    assert len(reports) == 2 and all(r["ok"] for r in reports)
