@@ -41,6 +41,7 @@ from . import locks
 from .backend import StorageBackend
 from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
+from .readahead import WindowReader
 from .workdir import WorkDir
 
 __all__ = ["INDEX_VERSION", "BlobWriter", "Parents", "Repository"]
@@ -59,6 +60,8 @@ class Repository:
         self.config = config
         self.workdir = WorkDir.of(backend)
         """Local scratch (packs being written, private copies): not part of the store."""
+        # issue 16: blobs of a remote store's packs are read in windows (readahead.py)
+        self._load_pack = backend.load if backend.is_local else WindowReader(backend).load
         self._index: dict[str, BlobLocation] | None = None
         self._dctx = threading.local()
         self._index_lock = threading.Lock()
@@ -192,13 +195,13 @@ class Repository:
             refused = f" ({n} index files had entries refused)" if n else ""
             raise StoreError(f"blob {key[:16]} is not in the store's index{refused}")
         try:
-            body = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
+            body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
         except StoreError:  # another process's gc may have moved it since the index was read
             moved = self._moved(key, loc)
             if moved is None:
                 raise
             loc = moved
-            body = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
+            body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
         dctx = getattr(self._dctx, "d", None)
         if dctx is None:
             dctx = self._dctx.d = zstandard.ZstdDecompressor()
@@ -383,7 +386,8 @@ class BlobWriter:
         n = workers or int(os.environ.get("CHROMASNAP_WORKERS", 0)) or default
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="chromasnap-blob")
         self._slots = threading.BoundedSemaphore(3 * n)
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromasnap-commit")
+        uploads = 1 if repo.backend.is_local else 4  # issue 16: a remote store's packs go up in parallel
+        self._committer = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="chromasnap-commit")
         self._commits: list[tuple[Future[None], PackFile]] = []
         self.new_blobs = 0
         self.new_bytes = 0

@@ -232,3 +232,25 @@ def test_two_processes_snapshot_into_one_s3_store_at_once(
         ok(cli("verify", "--all", "--quick", "--store", url, "--json", endpoint=moto_endpoint))
     )
     assert len(reports) == 2 and all(r["ok"] for r in reports)
+
+
+def test_window_reads_equal_direct_reads(tmp_path: Path) -> None:
+    """readahead.WindowReader (blobs of remote packs read in windows): the same bytes as a
+    direct range read, fewer requests, a short object refused (over a LocalBackend: the
+    reader only uses the contract)."""
+    from chromasnap.snapshots import LocalBackend
+    from chromasnap.snapshots.errors import StoreError
+    from chromasnap.snapshots.readahead import WindowReader
+
+    backend = LocalBackend(tmp_path / "s")
+    backend.create()
+    body = os.urandom(3 * (1 << 20) + 12345)
+    backend.save("packs/aa/x", body)
+    reader = WindowReader(backend, window=1 << 20, keep=2)
+    reads = [(0, 100), (100, 5000), ((1 << 20) - 10, 20), ((1 << 20) + 7, 300_000), (len(body) - 5, 5)]
+    reads += [(o, 4096) for o in range(0, len(body) - 4096, 65536)]
+    for off, n in reads:
+        assert reader.load("packs/aa/x", off, n) == body[off : off + n]
+    assert reader.requests < len(reads) // 4
+    with pytest.raises(StoreError):
+        reader.load("packs/aa/x", len(body) - 5, 10)
