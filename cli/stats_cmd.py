@@ -26,12 +26,16 @@ def stats_cmd(
     allow_foreign_owner: ForeignOpt = False,
 ) -> None:
     """Store size on disk, logical size of all snapshots, dedup ratio, bytes only each holds."""
-    st = manager(db, store, allow_foreign_owner).stats()
+    mgr = manager(db, store, allow_foreign_owner)
+    st = mgr.stats()
+    behind = [x.id for x in mgr.unmirrored()]  # issue 16: snapshots not yet off the machine
     if json_out:
-        print_json(st.model_dump())
+        print_json({**st.model_dump(), "mirror": mgr.policy().mirror, "unmirrored": behind})
         return
     typer.echo(f"store on disk      {human_bytes(st.store_bytes)} (packs {human_bytes(st.pack_bytes)})")
     typer.echo(f"logical snapshots  {human_bytes(st.logical_bytes)} in {len(st.snapshots)} snapshots")
     typer.echo(f"dedup ratio        {st.dedup_ratio:.1f}x")
+    if mgr.policy().mirror:
+        typer.echo(f"not yet mirrored   {len(behind)} of {len(st.snapshots)} snapshots")
     for s in st.snapshots:
         typer.echo(f"  {s.id[:12]} {s.created_at[:19]} frees {human_bytes(s.unique_bytes)} if removed")

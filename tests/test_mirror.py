@@ -69,6 +69,8 @@ def test_a_failed_mirror_never_fails_the_snapshot_and_is_retried(db: Path, tmp_p
     r = cli("list", *at, "--json")
     assert all(row["mirrored_to"] == [] for row in json.loads(r.stdout))
     assert "2 snapshots are not yet on the mirror" in r.stderr
+    stats = json.loads(cli("stats", *at, "--json").stdout)
+    assert stats["mirror"] == str(blocked) and len(stats["unmirrored"]) == 2
 
     r = cli("mirror", *at)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
