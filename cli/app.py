@@ -27,6 +27,7 @@ from .schema_cmd import schema_cmd
 from .show_cmd import show_cmd
 from .snapshot_cmd import snapshot_cmd
 from .stats_cmd import stats_cmd
+from .unlock_cmd import unlock_cmd
 from .verify_cmd import verify_cmd
 
 app = typer.Typer(
@@ -94,6 +95,7 @@ app.command("unpin")(unpin_cmd)
 app.command("stats")(stats_cmd)
 app.command("copy")(copy_cmd)
 app.command("mirror")(mirror_cmd)
+app.command("unlock")(unlock_cmd)
 app.add_typer(policy_app, name="policy")
 app.command("schema")(schema_cmd)
 app.command("demo")(demo_cmd)

@@ -439,6 +439,22 @@ class SnapshotManager:
         result.duration_s = time.monotonic() - t0
         return result
 
+    # --- remote store locks ---------------------------------------------------------------
+
+    def break_stale_lock(self) -> builtins.list[str]:
+        """`unlock --stale`: free a remote store's lease (or lock objects) whose holder let it
+        expire; a live holder is refused (UsageError). Returns what was broken, described.
+        A local store's lock is flock(2), released by the kernel when its holder dies."""
+        if self.backend.is_local:
+            return []
+        from . import lease
+
+        now = time.time()
+        return [
+            f"{r.name}: {r.info.describe(now) if r.info else r.problem}"
+            for r in lease.break_stale(self.backend)
+        ]
+
     # --- mirroring ----------------------------------------------------------------------
 
     def set_mirror(self, url: str | None) -> RetentionPolicy:

@@ -254,3 +254,26 @@ def test_window_reads_equal_direct_reads(tmp_path: Path) -> None:
     assert reader.requests < len(reads) // 4
     with pytest.raises(StoreError):
         reader.load("packs/aa/x", len(body) - 5, 10)
+
+
+def test_unlock_breaks_only_a_stale_lease(moto_endpoint: str) -> None:
+    import time
+
+    from chromasnap.snapshots.lease import LEASE_NAME, Holder, LeaseInfo, read_locks
+    from chromasnap.snapshots.s3_backend import S3Backend
+
+    url = fresh_url()
+    backend = S3Backend(url, endpoint_url=moto_endpoint)
+    now = time.time()
+    live = LeaseInfo(LEASE_NAME, Holder(4242, "web-1", "chromasnap snapshot", "x"), "t", 3, now, now + 300)
+    backend.save(LEASE_NAME, live.to_json(), create_only=True)
+    assert "--stale" in one_line_error(cli("unlock", "--store", url, endpoint=moto_endpoint), 2)
+    err = one_line_error(cli("unlock", "--stale", "--store", url, endpoint=moto_endpoint), 2)
+    assert "not stale" in err and "pid 4242" in err
+    _, tag = backend.load_versioned(LEASE_NAME)
+    stale = LeaseInfo(LEASE_NAME, live.holder, "t", 3, now - 900, now - 600)
+    backend.save(LEASE_NAME, stale.to_json(), if_match=tag)
+    out = json.loads(ok(cli("unlock", "--stale", "--store", url, "--json", endpoint=moto_endpoint)))
+    assert len(out["broken"]) == 1 and "pid 4242" in out["broken"][0]
+    (rec,) = read_locks(backend)
+    assert rec.info is not None and rec.info.holder is None and rec.info.generation == 3
