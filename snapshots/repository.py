@@ -256,11 +256,23 @@ class Repository:
         snaps, problems = [], []
         self.notes = []
         ids = self.snapshot_ids()
-        for sid in ids:
+
+        def one(sid: str) -> Snapshot | str:
             try:
-                snaps.append(self.load_snapshot(sid))
+                return self.load_snapshot(sid)
             except StoreError as exc:
-                problems.append(str(exc))
+                return str(exc)
+
+        if self.backend.is_local or len(ids) < 2:
+            loaded = [one(sid) for sid in ids]
+        else:  # issue 16: a remote store's documents are fetched 8 at a time
+            with ThreadPoolExecutor(8, thread_name_prefix="chromasnap-docs") as pool:
+                loaded = list(pool.map(one, ids))
+        for item in loaded:
+            if isinstance(item, str):
+                problems.append(item)
+            else:
+                snaps.append(item)
         catalog, trouble = self.catalog()
         if trouble:
             problems.append(trouble)

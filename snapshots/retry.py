@@ -116,6 +116,9 @@ class RetryingBackend(StorageBackend):
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._run(lambda: self.inner.load(name, offset, length))
 
+    def load_bounded(self, name: str, limit: int) -> bytes:
+        return self._run(lambda: self.inner.load_bounded(name, limit))
+
     def load_versioned(self, name: str) -> tuple[bytes, str]:
         return self._run(lambda: self.inner.load_versioned(name))
 
