@@ -11,6 +11,8 @@ Prints, as medians of `--runs` (wall seconds of the real `chromasnap` command):
   metadata cache yet, so warm and cold are the same path (both printed)
 - HTTP requests of one full and one incremental snapshot to S3 (in-process, counted at
   botocore's before-send event)
+- `restic backup` / `restic restore` of the same database to the same server, if restic is
+  installed (chromasnap's restore also probes the copy with chromadb; restic's does not)
 moto on loopback measures the client and moto on this machine, not a network.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,6 +64,39 @@ def count_requests(mgr: SnapshotManager) -> list[int]:
     client = mgr.backend.inner._client  # type: ignore[attr-defined]
     client.meta.events.register("before-send.s3", seen)
     return n
+
+
+def restic_compare(
+    src: Path, work: Path, endpoint: str, runs: int, snap: list[float], rest: list[float]
+) -> None:
+    """`restic backup` / `restic restore` of the same database to the same moto server."""
+    restic = shutil.which("restic")
+    if restic is None:
+        print("restic: not installed (apt-get install restic); comparison skipped")
+        return
+    env = {
+        **os.environ,
+        "RESTIC_PASSWORD": "bench",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+    }
+    backups: list[float] = []
+    restores: list[float] = []
+    for i in range(runs):
+        repo = f"s3:{endpoint}/{BUCKET}/restic-{i}-{uuid.uuid4().hex[:6]}"
+        subprocess.run([restic, "-r", repo, "init"], env=env, check=True, capture_output=True)
+        db = fresh_copy(src, work / "restic-src" / "chroma")
+        backups.append(run([restic, "-r", repo, "backup", "--no-cache", str(db)], env=env)[0])
+        target = work / f"restic-restore-{i}"
+        restores.append(
+            run([restic, "-r", repo, "restore", "latest", "--no-cache", "--target", str(target)], env=env)[0]
+        )
+    b, r = statistics.median(backups), statistics.median(restores)
+    print(
+        f"restic backup to S3 {b:6.2f}s (chromasnap snapshot to S3 / restic: {statistics.median(snap) / b:.2f}); "
+        f"restic restore from S3 {r:6.2f}s (chromasnap restore from S3, probe included / restic: "
+        f"{statistics.median(rest) / r:.2f})"
+    )
 
 
 def main() -> None:
@@ -119,6 +155,8 @@ def main() -> None:
             print(
                 f"restore from S3 {s3m:6.2f}s  from local {locm:6.2f}s  ratio {s3m / locm:.2f}  (target <= 1.5)"
             )
+
+            restic_compare(src, work, endpoint, args.runs, snap_s3, rest_s3)
 
             # copy: the first snapshot is in both; a second (incremental) is copied local -> S3
             cli_json("copy", "--from", local, "--to", remote, "--json")
