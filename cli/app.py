@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from .common import REMOTE
+from .copy_cmd import copy_cmd
 from .demo_cmd import demo_cmd
 from .diff_cmd import diff_cmd
 from .export_cmd import export_cmd
@@ -14,6 +18,7 @@ from .init_cmd import init_cmd
 from .kept_cmd import kept_cmd
 from .key_cmd import key_app
 from .list_cmd import list_cmd
+from .mirror_cmd import mirror_cmd
 from .peek_cmd import peek_cmd
 from .pin_cmd import pin_cmd, unpin_cmd
 from .policy_cmd import policy_app
@@ -25,6 +30,7 @@ from .schema_cmd import schema_cmd
 from .show_cmd import show_cmd
 from .snapshot_cmd import snapshot_cmd
 from .stats_cmd import stats_cmd
+from .unlock_cmd import unlock_cmd
 from .verify_cmd import verify_cmd
 
 app = typer.Typer(
@@ -36,6 +42,44 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("init")(init_cmd)
+
+
+@app.callback()
+def remote_options(
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-url",
+            envvar="AWS_ENDPOINT_URL",
+            help="S3-compatible server of s3:// stores (MinIO, R2, Ceph...); default AWS S3.",
+            show_default=False,
+        ),
+    ] = None,
+    no_cas: Annotated[
+        bool,
+        typer.Option(
+            "--no-cas",
+            envvar="CHROMASNAP_NO_CAS",
+            help="Accept a server that ignores conditional writes: lock objects instead of a lease "
+            "(safe only while every writer takes the lock and clocks roughly agree).",
+        ),
+    ] = False,
+    connections: Annotated[
+        int | None,
+        typer.Option(
+            "--connections",
+            envvar="CHROMASNAP_CONNECTIONS",
+            min=1,
+            max=256,
+            help="Parallel requests to a remote store (default 8).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Options for remote stores, given before the command: chromasnap --endpoint-url URL list ..."""
+    REMOTE.update(endpoint_url=endpoint_url, no_cas=no_cas or None, connections=connections)
+
+
 app.command("snapshot")(snapshot_cmd)
 app.command("list")(list_cmd)
 app.command("show")(show_cmd)
@@ -54,6 +98,9 @@ app.command("prune")(prune_cmd)
 app.command("pin")(pin_cmd)
 app.command("unpin")(unpin_cmd)
 app.command("stats")(stats_cmd)
+app.command("copy")(copy_cmd)
+app.command("mirror")(mirror_cmd)
+app.command("unlock")(unlock_cmd)
 app.add_typer(policy_app, name="policy")
 app.add_typer(key_app, name="key")
 app.command("schema")(schema_cmd)

@@ -21,11 +21,11 @@ DbOpt = Annotated[
     typer.Option("--db", envvar="CHROMASNAP_DB", help="Chroma database directory.", show_default=False),
 ]
 StoreOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--store",
         envvar="CHROMASNAP_STORE",
-        help="Snapshot store (default: <db parent>/<db name>.snapshots).",
+        help="Snapshot store: a directory or s3://bucket/prefix (default: <db parent>/<db name>.snapshots).",
         show_default=False,
     ),
 ]
@@ -191,9 +191,15 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# --- remote stores (issue 16): set by the app's global options (app.py), read by manager() ---
+REMOTE: dict[str, Any] = {"endpoint_url": None, "no_cas": None, "connections": None}
+"""`chromasnap --endpoint-url URL --no-cas --connections N COMMAND ...` (or AWS_ENDPOINT_URL,
+CHROMASNAP_NO_CAS, CHROMASNAP_CONNECTIONS): how remote stores of this run are reached."""
+
+
 def manager(
     db: Path | None,
-    store: Path | None,
+    store: str | Path | None,
     allow_foreign_owner: bool = False,
     password_file: Path | None = None,
     confirm_password: bool = False,
@@ -207,6 +213,7 @@ def manager(
         store,
         allow_foreign_owner=allow_foreign_owner or None,
         password=password_source(password_file, confirm_password),
+        **REMOTE,
     )
     for warning in mgr.warnings:
         typer.echo(f"warning: {shown(warning)}", err=True)
@@ -283,4 +290,5 @@ def summary(snap: Any) -> dict[str, Any]:
         "collections": len(snap.wal.collections),
         "records": sum(c.records or 0 for c in snap.wal.collections),
         "last_verification": None if last is None else last.model_dump(mode="json"),
+        "mirrored_to": sorted({e.detail for e in snap.events if e.kind == "mirrored"}),  # issue 16
     }

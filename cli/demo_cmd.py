@@ -69,7 +69,7 @@ def demo_cmd(
     s1 = mgr.snapshot(reason="manual", tags=["demo"], note="first load")
     say(
         f"2. snapshot {s1.short_id}: {human_bytes(s1.totals.logical_bytes)} database, "
-        f"{human_bytes(s1.totals.new_bytes)} stored in {mgr.store_path}"
+        f"{human_bytes(s1.totals.new_bytes)} stored in {mgr.store}"
     )
     with mgr.before_write(reason="ingest batch 1") as pre:
         _sample("grow", str(db), "--fraction", "0.1")
@@ -101,7 +101,7 @@ def demo_cmd(
         print_json(
             {
                 "db": str(db),
-                "store": str(mgr.store_path),
+                "store": str(mgr.store),
                 "health": health.verdict,
                 "recover": rec.model_dump(),
                 "counts": after,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -58,9 +59,13 @@ def health_cmd(
                 "collections": None,
                 "duration_s": None,
                 "holders": [],
+                "unmirrored": None,
             }
         )
         raise typer.Exit(1) from None
+    behind: list[str] | None = None  # issue 16: snapshots not yet on the mirror (None: unknown)
+    with contextlib.suppress(Exception):  # the store's state never changes the database's verdict
+        behind = [x.id for x in mgr.unmirrored()]
     if json_out:  # the fields docs/monitoring.md documents (a container's health check reads them)
         print_json(
             {
@@ -73,6 +78,7 @@ def health_cmd(
                 "chromadb_version": report.probe.chromadb_version,
                 "collections": len(report.probe.collections),
                 "duration_s": round(report.probe.duration_s, 3),
+                "unmirrored": behind,
             }
         )
     else:
@@ -80,5 +86,7 @@ def health_cmd(
         typer.echo(f"{state}: {shown(report.detail)}")
         for holder in report.holders:
             typer.echo(f"  open by {shown(holder)}")
+        if behind:
+            typer.echo(f"  {len(behind)} snapshots are not yet on the mirror (`chromasnap mirror` retries)")
     if not report.healthy:
         raise typer.Exit(1)

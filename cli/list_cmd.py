@@ -35,19 +35,28 @@ def list_cmd(
     if not mgr.backend.exists():
         from chromasnap.snapshots import UsageError
 
-        raise UsageError(f"no chromasnap store at {mgr.store_path} (take one with `chromasnap snapshot`)")
+        raise UsageError(f"no chromasnap store at {mgr.store} (take one with `chromasnap snapshot`)")
     snaps = mgr.list()
     for problem in mgr.problems:
         typer.echo(f"warning: {shown(problem)}", err=True)
+    mirror = mgr.policy().mirror if snaps else None
+    if mirror:
+        behind = len(mgr.unmirrored())
+        if behind:
+            typer.echo(
+                f"warning: {behind} snapshots are not yet on the mirror {shown(mirror)} "
+                "(`chromasnap mirror` retries)",
+                err=True,
+            )
     if json_out:
         print_json([summary(s) for s in snaps])
         return
     if not snaps:
-        typer.echo(f"no snapshots in {shown(mgr.store_path)}")
+        typer.echo(f"no snapshots in {shown(mgr.store)}")
         return
     from rich.table import Table
 
-    table = Table(title=f"snapshots in {shown(mgr.store_path, markup=True)}", title_justify="left")
+    table = Table(title=f"snapshots in {shown(mgr.store, markup=True)}", title_justify="left")
     for col in ("id", "created (UTC)", "reason", "tags", "size", "new", "verified"):
         table.add_column(col, justify="right" if col in ("size", "new") else "left", no_wrap=col != "tags")
     for s in snaps:

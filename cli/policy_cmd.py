@@ -68,6 +68,13 @@ def set_cmd(
         typer.Option("--auto-prune/--no-auto-prune", help="Prune after each before_write snapshot."),
     ] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Clear every rule first.")] = False,
+    mirror: Annotated[
+        str | None,
+        typer.Option(
+            "--mirror", help="Copy each new snapshot to this store (s3://bucket/prefix or a directory)."
+        ),
+    ] = None,
+    no_mirror: Annotated[bool, typer.Option("--no-mirror", help="Stop mirroring.")] = False,
     db: DbOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
@@ -93,6 +100,10 @@ def set_cmd(
     )
     if auto_prune is not None:
         update["auto_prune"] = auto_prune
+    if mirror is not None or no_mirror:
+        from chromasnap.snapshots.mirror import check_url
+
+        update["mirror"] = None if no_mirror else check_url(str(mirror))
     p = mgr.set_policy(RetentionPolicy.model_validate({**base.model_dump(), **update}))
     if json_out:
         print_json(p.model_dump())

@@ -51,10 +51,11 @@ def stats_cmd(
         from chromasnap.snapshots import UsageError
 
         raise UsageError("--output goes with --prometheus")
+    mgr = manager(db, store, allow_foreign_owner, password_file)
     if prometheus:
         from chromasnap.snapshots.metrics import openmetrics, store_metrics
 
-        text = openmetrics(store_metrics(manager(db, store, allow_foreign_owner, password_file)))
+        text = openmetrics(store_metrics(mgr))
         if output is None:
             typer.echo(text, nl=False)
         else:
@@ -62,12 +63,15 @@ def stats_cmd(
 
             atomic_write(output, text.encode(), 0o644)
         return
-    st = manager(db, store, allow_foreign_owner, password_file).stats()
+    st = mgr.stats()
+    behind = [x.id for x in mgr.unmirrored()]  # issue 16: snapshots not yet off the machine
     if json_out:
-        print_json(st.model_dump())
+        print_json({**st.model_dump(), "mirror": mgr.policy().mirror, "unmirrored": behind})
         return
     typer.echo(f"store on disk      {human_bytes(st.store_bytes)} (packs {human_bytes(st.pack_bytes)})")
     typer.echo(f"logical snapshots  {human_bytes(st.logical_bytes)} in {len(st.snapshots)} snapshots")
     typer.echo(f"dedup ratio        {st.dedup_ratio:.1f}x")
+    if mgr.policy().mirror:
+        typer.echo(f"not yet mirrored   {len(behind)} of {len(st.snapshots)} snapshots")
     for s in st.snapshots:
         typer.echo(f"  {s.id[:12]} {s.created_at[:19]} frees {human_bytes(s.unique_bytes)} if removed")

@@ -27,6 +27,8 @@ def dumps(model: BaseModel) -> bytes:
         data = _without_absent(data)
     if isinstance(model, StoreConfig) and data.get("encryption") is None:
         data.pop("encryption", None)  # a plain store's config.json is written as before
+    if isinstance(model, StoreConfig) and data["retention"].get("mirror") is None:
+        del data["retention"]["mirror"]  # issue 16: a store without a mirror stays readable by older versions
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 

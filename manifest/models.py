@@ -122,6 +122,11 @@ class RetentionPolicy(_Model):
         None, description="replaced databases kept by restore: a count ('3') or a duration ('14d')"
     )
     auto_prune: bool = False
+    mirror: str | None = Field(
+        None,
+        max_length=1000,
+        description="a store each new snapshot is copied to right after it is taken (policy set --mirror)",
+    )
 
 
 ENCRYPTED_STORE_VERSION = 4

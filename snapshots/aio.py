@@ -30,10 +30,10 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
+from .backend import lock_timeout
 from .capture import STOP
 from .errors import LockTimeout, UsageError, WriterBusy
 from .local_backend import LocalBackend
-from .locks import lock_timeout
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -55,6 +55,7 @@ class StorageBackend(ABC):
 
     location: str  # printable, never holds credentials (s3://bucket/prefix, /path/to/store)
     is_local: bool = False  # True only for a local directory (flock, packs renamed into place)
+    no_cas: bool = False  # the user accepted a server that ignores conditional writes (lease.py)
 
     @abstractmethod
     def exists(self) -> bool:

@@ -41,7 +41,7 @@ class Host(Protocol):
     a guarded write (restore --collection). Passed in: browse.py does not import manager.py."""
 
     db_path: Path | None
-    store_path: Path
+    store_path: Path | None
 
     @property
     def repo(self) -> Repository: ...

@@ -9,6 +9,7 @@ at worst some garbage that the next gc reclaims.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -201,9 +202,21 @@ def gc(repo: Repository, live_snaps: list[Snapshot], refs: References | None = N
             if deleted == 1:
                 crash_point("gc-first-pack-removed")
     repo.workdir.clean(lambda pid: alive(pid, None))
+    _abort_stale_uploads(backend)
     repo.reset_index()
     size_after = sum(o.size for o in backend.list("packs"))
     return size_before - size_after, len(rewrite), deleted
+
+
+def _abort_stale_uploads(backend: object) -> None:
+    """A remote store's unfinished multipart uploads (a killed upload's: invisible, but they
+    hold space) are aborted; no writer is active under the store lock gc holds."""
+    while not hasattr(backend, "abort_stale_uploads") and hasattr(backend, "inner"):
+        backend = backend.inner
+    abort = getattr(backend, "abort_stale_uploads", None)
+    if abort is not None:
+        with contextlib.suppress(StoreError):
+            abort()
 
 
 class SnapshotStats(BaseModel):

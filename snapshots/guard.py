@@ -346,6 +346,9 @@ class Guarded(Protocol):
     backend: StorageBackend
 
     @property
+    def local(self) -> StorageBackend: ...
+
+    @property
     def repo(self) -> Repository: ...
 
     def _need_db(self) -> Path: ...
@@ -394,7 +397,7 @@ class WriteGuard(contextlib.ContextDecorator):
                 self.snapshot = self.mgr.snapshot(
                     reason=self.snapshot_reason, tags=self.tags, note=self.note or self.reason or None
                 )
-                self._intent = write_intent(self.mgr.backend, self.snapshot.id, self.reason, db)
+                self._intent = write_intent(self.mgr.local, self.snapshot.id, self.reason, db)
                 rules = self.mgr.repo.config.retention
                 if rules.auto_prune and has_rules(rules):
                     self.mgr.prune()
@@ -412,14 +415,14 @@ class WriteGuard(contextlib.ContextDecorator):
         self.mgr._create_store()
         make_dirs(db, 0o777)  # as chromadb makes it (less the umask); fsyncs each parent
         crash_point("first-write-dir")
-        self._intent = write_intent(self.mgr.backend, None, self.reason, db)
+        self._intent = write_intent(self.mgr.local, None, self.reason, db)
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
         try:
             if et is not None and self.snapshot is not None:
                 add_event(self.mgr, self.snapshot.id, "write-failed", f"{et.__name__}: {ev}"[:500])
             if self._intent:
-                self.mgr.backend.remove(self._intent)
+                self.mgr.local.remove(self._intent)
         finally:
             if self._lock is not None:
                 self._lock.close()

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .backend import StorageBackend
+from .backend import StorageBackend, lock_timeout
 from .errors import (
     ConditionalWritesUnsupported,
     LeaseLost,
@@ -47,7 +47,6 @@ from .errors import (
     StoreError,
     UsageError,
 )
-from .locks import lock_timeout
 
 LEASE_NAME = "locks/lease.json"
 LOCK_OBJECT_PREFIX = "locks/lock-"

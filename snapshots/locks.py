@@ -8,7 +8,9 @@ symlink and never truncated (`LocalBackend.open_lock_file`), re-entrant within a
 - `write_lock`: `write.lock`, the database write lock of `before_write`, restore, recover and
   `snapshot --exclusive`.
 
-A remote store's lock is a lease object (lease.py, issue 16). Nothing else opens lock files.
+A remote store's lock is a lease object (lease.py), re-entrant within a thread in the same
+way; the database write lock is always local (a remote store's database keeps it beside the
+database: stores.py). Nothing else opens lock files.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 from chromasnap.manifest import LockOwner, ManifestError, limits
 from chromasnap.manifest.io import parse_json
 
-from .backend import StorageBackend
+from . import lease
+from .backend import StorageBackend, lock_timeout
 from .errors import LockTimeout, StoreError, WriterBusy
 from .local_backend import LocalBackend
 
@@ -39,23 +42,68 @@ _HELD: dict[tuple[int, int, int], list[int]] = {}
 _HELD_LOCK = threading.Lock()
 
 
-def lock_timeout() -> float:
-    """Seconds to wait for a lock: CHROMASNAP_LOCK_TIMEOUT, default 60."""
-    try:
-        return float(os.environ.get("CHROMASNAP_LOCK_TIMEOUT", "60"))
-    except ValueError:
-        return 60.0
-
-
-def _local(backend: StorageBackend) -> LocalBackend:
+def _find_local(backend: StorageBackend) -> LocalBackend | None:
     """The LocalBackend under `backend` (wrappers such as RetryingBackend and FaultyBackend
-    keep theirs as `inner`): lock files are local files, outside the contract."""
+    keep theirs as `inner`), or None for a remote store."""
     found: object = backend
     while not isinstance(found, LocalBackend) and hasattr(found, "inner"):
         found = found.inner
-    if not isinstance(found, LocalBackend):
-        raise StoreError(f"locking the store {backend.location} needs a lease (remote stores: issue 16)")
+    return found if isinstance(found, LocalBackend) else None
+
+
+def _local(backend: StorageBackend) -> LocalBackend:
+    """The LocalBackend under `backend`: lock files are local files, outside the contract."""
+    found = _find_local(backend)
+    if found is None:
+        raise StoreError(f"the database write lock cannot live in the remote store {backend.location}")
     return found
+
+
+class _Lease:
+    """A remote store's lock held by this process and thread, and how many times."""
+
+    def __init__(self, lock: lease.StoreLock) -> None:
+        self.lock = lock
+        self.depth = 1
+
+
+_LEASES: dict[tuple[str, int], _Lease] = {}
+"""Remote store locks this process holds, by (location, thread): re-entrant per thread."""
+
+
+@contextlib.contextmanager
+def _lease(backend: StorageBackend, wait: float) -> Iterator[None]:
+    """The lease of a remote store (lease.store_lock: the conditional-write probe first),
+    re-entrant within a thread."""
+    key = (backend.location, threading.get_ident())
+    with _HELD_LOCK:
+        held = _LEASES.get(key)
+        if held is not None:
+            held.depth += 1
+    if held is None:
+        lock = lease.store_lock(backend, no_cas=backend.no_cas)
+        lock.acquire(wait)
+        with _HELD_LOCK:
+            held = _LEASES[key] = _Lease(lock)
+    try:
+        yield
+    finally:
+        with _HELD_LOCK:
+            held.depth -= 1
+            last = held.depth == 0
+            if last:
+                del _LEASES[key]
+        if last:
+            held.lock.release()
+
+
+def check_lease(backend: StorageBackend) -> None:
+    """Before a commit to a remote store: LeaseLost unless this thread's lease is still ours
+    and unexpired (a no-op for a local store and when no lease is held)."""
+    with _HELD_LOCK:
+        held = _LEASES.get((backend.location, threading.get_ident()))
+    if held is not None:
+        held.lock.check()
 
 
 @contextlib.contextmanager
@@ -124,9 +172,14 @@ def read_owner(backend: StorageBackend) -> LockOwner | None:
 
 @contextlib.contextmanager
 def store_lock(backend: StorageBackend, timeout: float | None = None) -> Iterator[None]:
-    """The store lock, for a whole mutating operation; LockTimeout names the holder."""
-    local = _local(backend)
+    """The store lock, for a whole mutating operation; LockTimeout names the holder. A
+    remote store's is its lease (lease.py)."""
     wait = lock_timeout() if timeout is None else timeout
+    local = _find_local(backend)
+    if local is None:
+        with _lease(backend, wait):
+            yield
+        return
 
     def busy() -> str:
         owner = read_owner(local)

@@ -22,9 +22,9 @@ from . import locks, swap
 from .backend import StorageBackend
 from .errors import ChromasnapError, UsageError
 from .layout import SQLITE_NAME, check_database, check_layout, default_store, inside, no_database_yet
-from .local_backend import LocalBackend
 from .repository import Parents, PasswordSource, Repository
 from .retention import parse_replaced, validate
+from .stores import is_remote, open_beside_db, open_store
 
 
 class _OnFirstUse:
@@ -40,20 +40,33 @@ class _OnFirstUse:
 
 
 if TYPE_CHECKING:
-    from . import aio, browse, capture, checker, extract, gc, guard, prune, restore, rollforward
+    from . import aio, browse, capture, checker, extract, gc, guard, mirror, prune, restore, rollforward
     from . import keys as keyfiles
     from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
     from .capture import CaptureStats
     from .checker import HealthReport, VerifyReport
     from .gc import PruneResult, SnapshotStats, StoreStats
     from .guard import WriteGuard
+    from .mirror import MirrorResult
     from .restore import RecoverResult, RestoreResult
     from .rollforward import RollForwardReport
 else:
     keyfiles = _OnFirstUse("keys")  # argon2 and cryptography: for encrypted stores only
-    aio, browse, capture, checker, extract, gc, guard, prune, restore, rollforward = map(
+    aio, browse, capture, checker, extract, gc, guard, mirror, prune, restore, rollforward = map(
         _OnFirstUse,
-        ("aio", "browse", "capture", "checker", "extract", "gc", "guard", "prune", "restore", "rollforward"),
+        (
+            "aio",
+            "browse",
+            "capture",
+            "checker",
+            "extract",
+            "gc",
+            "guard",
+            "mirror",
+            "prune",
+            "restore",
+            "rollforward",
+        ),
     )
 
 __all__ = ["SQLITE_NAME", "SnapshotManager", "SnapshotStats", "StoreStats", "WriteGuard", "check_database"]
@@ -85,16 +98,29 @@ class SnapshotManager:
         backend: StorageBackend | None = None,
         allow_foreign_owner: bool | None = None,
         password: PasswordSource | None = None,
+        endpoint_url: str | None = None,
+        no_cas: bool | None = None,
+        connections: int | None = None,
     ) -> None:
-        """`allow_foreign_owner` reads a store another user owns (refused by default: they
+        """`store_path` is a directory or a remote store's URL (`s3://bucket/prefix`: see
+        stores.py; `endpoint_url`, `no_cas` and `connections` apply to it).
+        `allow_foreign_owner` reads a store another user owns (refused by default: they
         could have crafted it); None takes CHROMASNAP_ALLOW_FOREIGN_OWNER. `password` is
         asked only if the store is encrypted (None: CHROMASNAP_PASSWORD* or a prompt)."""
         self._password = password  # issue 17
         if db_path is None and store_path is None:
             raise UsageError("no database given: use --db PATH or set CHROMASNAP_DB")
         self.db_path = Path(os.path.abspath(db_path)) if db_path is not None else None
-        if store_path is not None:
-            self.store_path = Path(os.path.abspath(store_path))
+        remote = store_path is not None and is_remote(store_path)
+        if remote:
+            assert store_path is not None
+            backend = backend or open_store(
+                store_path, endpoint_url=endpoint_url, no_cas=no_cas, connections=connections
+            )
+        if store_path is not None and not remote:
+            self.store_path: Path | None = Path(os.path.abspath(store_path))
+        elif remote:
+            self.store_path = None
         else:
             assert self.db_path is not None
             self.store_path = default_store(self.db_path)
@@ -104,14 +130,26 @@ class SnapshotManager:
         """Things found and deliberately not acted upon (a swap journal that is not this
         database's own); the CLI prints them."""
         if self.db_path is not None:
-            check_layout(self.db_path, self.store_path)
+            if self.store_path is not None:
+                check_layout(self.db_path, self.store_path)
             self.finished_swap = swap.finish_interrupted(self.db_path)
             if self.finished_swap and self.finished_swap.startswith(swap.IGNORED):
                 self.warnings.append(self.finished_swap)
                 self.finished_swap = None
-        elif self.store_path.exists() and not self.store_path.is_dir():
+        elif self.store_path is not None and self.store_path.exists() and not self.store_path.is_dir():
             raise UsageError(f"the store path {self.store_path} exists and is not a directory")
-        self.backend: StorageBackend = backend or LocalBackend(self.store_path, allow_foreign_owner)
+        if backend is None:
+            assert self.store_path is not None
+            backend = open_store(self.store_path, allow_foreign_owner=allow_foreign_owner)
+        self.backend: StorageBackend = backend
+        self._local: StorageBackend | None = backend
+        """Where the database write lock and the write intents live: the store itself when
+        it is local, a directory beside the database when it is remote (stores.py)."""
+        if not backend.is_local:
+            self._local = open_beside_db(self.db_path) if self.db_path is not None else None
+        self._remote_options: dict[str, Any] = {"endpoint_url": endpoint_url, "no_cas": no_cas}
+        self.last_mirror: MirrorResult | None = None
+        """How the last `snapshot()` was mirrored (None: no mirror is set)."""
         self._repo: Repository | None = None
         self.problems: builtins.list[str] = []
         """Messages about unreadable snapshots found by the last `list()`, then what it
@@ -123,6 +161,18 @@ class SnapshotManager:
         self._parents = Parents(self.db_path)
 
     # --- reading ------------------------------------------------------------------
+
+    @property
+    def store(self) -> str:
+        """The store's printable location (a directory, or `s3://bucket/prefix`)."""
+        return self.backend.location
+
+    @property
+    def local(self) -> StorageBackend:
+        """The machine-local side: the database write lock and write intents (see `_local`)."""
+        if self._local is None:
+            raise UsageError("this needs the database: use --db PATH or set CHROMASNAP_DB")
+        return self._local
 
     @property
     def repo(self) -> Repository:
@@ -177,7 +227,11 @@ class SnapshotManager:
             )
             self._parents.add(snap)
             self.last_duration_s = time.monotonic() - t0
-            return snap
+        self.last_mirror = None
+        url = self.repo.config.retention.mirror
+        if url:  # after the store lock is let go; a failure is recorded, never raised
+            self.last_mirror = mirror.mirror_snapshots(self.repo, url, [snap.id], **self._remote_options)
+        return snap
 
     def _need_db(self) -> Path:
         if self.db_path is None:
@@ -194,7 +248,7 @@ class SnapshotManager:
         snap = self.get(ref)
         dest = Path(os.path.abspath(target))
         real = Path(os.path.realpath(dest))
-        if inside(real, Path(os.path.realpath(self.store_path))):
+        if self.store_path is not None and inside(real, Path(os.path.realpath(self.store_path))):
             raise UsageError(f"{dest} is inside the store; extract somewhere else")
         return extract.extract(self.repo, snap, dest, progress)
 
@@ -333,9 +387,7 @@ class SnapshotManager:
     def _write_lock(self, wait: bool = True) -> Iterator[object]:
         """The database write lock (locks.write_lock), counted so that a snapshot inside this
         manager's own guarded write does not wait for itself."""
-        with locks.write_lock(
-            self.backend, self.db_path, wait, lambda: guard.write_lock_holder(self.backend)
-        ):
+        with locks.write_lock(self.local, self.db_path, wait, lambda: guard.write_lock_holder(self.local)):
             self._holding_write_lock += 1
             try:
                 yield self
@@ -417,12 +469,49 @@ class SnapshotManager:
         with locks.store_lock(self.backend):
             repo = self._repo = self._fresh_repo()
             rules = policy or repo.config.retention
-            result = prune.prune(repo, rules, dry_run)
+            result = prune.prune(repo, rules, dry_run, self._local)
             if rules.keep_replaced and self.db_path is not None:
                 rule = parse_replaced(rules.keep_replaced)
                 result.purged_kept_dirs = prune.prune_kept(self.kept(), rule, dry_run)
         result.duration_s = time.monotonic() - t0
         return result
+
+    # --- remote store locks ---------------------------------------------------------------
+
+    def break_stale_lock(self) -> builtins.list[str]:
+        """`unlock --stale`: free a remote store's lease (or lock objects) whose holder let it
+        expire; a live holder is refused (UsageError). Returns what was broken, described.
+        A local store's lock is flock(2), released by the kernel when its holder dies."""
+        if self.backend.is_local:
+            return []
+        from . import lease
+
+        now = time.time()
+        return [
+            f"{r.name}: {r.info.describe(now) if r.info else r.problem}"
+            for r in lease.break_stale(self.backend)
+        ]
+
+    # --- mirroring ----------------------------------------------------------------------
+
+    def set_mirror(self, url: str | None) -> RetentionPolicy:
+        """Copy each new snapshot to the store `url` from now on (None: stop mirroring)."""
+        policy = self.policy().model_copy()
+        policy.mirror = mirror.check_url(url) if url else None
+        return self.set_policy(policy)
+
+    def unmirrored(self) -> builtins.list[Snapshot]:
+        """Snapshots not yet copied to the mirror (none when no mirror is set)."""
+        url = self.policy().mirror if self.backend.exists() else None
+        return mirror.unmirrored(self.list(), url) if url else []
+
+    def mirror(self) -> MirrorResult:
+        """Copy every snapshot not yet on the mirror (the backlog of failed mirrorings)."""
+        url = self.policy().mirror
+        if not url:
+            raise UsageError("no mirror is set: use `chromasnap policy set --mirror URL`")
+        ids = [s.id for s in self.unmirrored()]
+        return mirror.mirror_snapshots(self.repo, url, ids, **self._remote_options)
 
     def stats(self) -> StoreStats:
         """Store size, logical size, dedup ratio, and what removing each snapshot frees."""

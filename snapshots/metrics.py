@@ -61,7 +61,8 @@ def store_metrics(mgr: SnapshotManager, now: float | None = None) -> StoreMetric
     failed_events = [_ts(e.at) for s in snaps for e in s.events if e.kind == "write-failed"]
     interrupted = running = 0
     try:
-        intents = read_intents(mgr.backend, []) if mgr.backend.exists() else []
+        side = mgr.local if mgr.db_path is not None else mgr.backend  # beside the database when remote
+        intents = read_intents(side, []) if side.exists() else []
     except (OSError, ChromasnapError):
         intents = []
     for i in intents:

@@ -14,6 +14,7 @@ from pathlib import Path
 from chromasnap.manifest import RetentionPolicy, Snapshot
 
 from . import gc
+from .backend import StorageBackend
 from .errors import StoreError, UsageError
 from .fsutil import crash_point
 from .guard import read_intents
@@ -22,11 +23,12 @@ from .retention import decide, has_rules, validate
 
 
 def plan(
-    repo: Repository, rules: RetentionPolicy, dry_run: bool
+    repo: Repository, rules: RetentionPolicy, dry_run: bool, intents: StorageBackend | None = None
 ) -> tuple[gc.PruneResult, list[Snapshot], gc.References]:
     """The deciding half: every snapshot with its verdict and reasons, the bytes removing
     the others would free, the snapshots kept, and the references read (shared with gc).
-    The caller holds the store lock."""
+    The write intents protected are read from `intents` (beside the database when the
+    store is remote: stores.py), else from the store. The caller holds the store lock."""
     validate(rules)
     if not has_rules(rules):
         raise UsageError("no retention rules: set them with `chromasnap policy set` or give --keep-* flags")
@@ -34,7 +36,8 @@ def plan(
     if problems:
         raise StoreError(f"{problems[0]}; prune stopped before deleting anything")
     repo.backend.list("packs")  # a store folder that is a symlink stops it here, too
-    protected = {i.snapshot: "write intent (safety)" for i in read_intents(repo.backend) if i.snapshot}
+    found = read_intents(intents or repo.backend)
+    protected = {i.snapshot: "write intent (safety)" for i in found if i.snapshot}
     reasons = decide(snaps, rules, protected)
     entries = [
         gc.PruneEntry(
@@ -62,10 +65,12 @@ def plan(
     return result, [s for s in snaps if reasons[s.id]], refs
 
 
-def prune(repo: Repository, rules: RetentionPolicy, dry_run: bool) -> gc.PruneResult:
+def prune(
+    repo: Repository, rules: RetentionPolicy, dry_run: bool, intents: StorageBackend | None = None
+) -> gc.PruneResult:
     """Remove the snapshots `rules` do not keep, then reclaim every byte no remaining
     snapshot references (unless `dry_run`). The caller holds the store lock."""
-    result, live, refs = plan(repo, rules, dry_run)
+    result, live, refs = plan(repo, rules, dry_run, intents)
     if not dry_run:
         repo.catalog_remove({e.id for e in result.removed})
         for e in result.removed:  # references first ...

@@ -47,6 +47,7 @@ from .backend import StorageBackend
 from .crypto import CIPHER_NAMES, AuthenticationError, Codec, PlainCodec, SealedCodec
 from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
+from .readahead import WindowReader
 from .workdir import WorkDir
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ class Repository:
         self._master: bytes | None = None
         self.workdir = WorkDir.of(backend)
         """Local scratch (packs being written, private copies): not part of the store."""
+        # issue 16: blobs of a remote store's packs are read in windows (readahead.py)
+        self._load_pack = backend.load if backend.is_local else WindowReader(backend).load
         self._index: dict[str, BlobLocation] | None = None
         self._dctx = threading.local()
         self._index_lock = threading.Lock()
@@ -333,13 +336,13 @@ class Repository:
             refused = f" ({n} index files had entries refused)" if n else ""
             raise StoreError(f"blob {key[:16]} is not in the store's index{refused}")
         try:
-            body = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
+            body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
         except StoreError:  # another process's gc may have moved it since the index was read
             moved = self._moved(key, loc)
             if moved is None:
                 raise
             loc = moved
-            body = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
+            body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
         try:
             body = self.codec.open(key, body)
         except AuthenticationError as exc:  # worded as verify names a damaged blob
@@ -398,11 +401,23 @@ class Repository:
         snaps, problems = [], []
         self.notes = []
         ids = self.snapshot_ids()
-        for sid in ids:
+
+        def one(sid: str) -> Snapshot | str:
             try:
-                snaps.append(self.load_snapshot(sid))
+                return self.load_snapshot(sid)
             except StoreError as exc:
-                problems.append(str(exc))
+                return str(exc)
+
+        if self.backend.is_local or len(ids) < 2:
+            loaded = [one(sid) for sid in ids]
+        else:  # issue 16: a remote store's documents are fetched 8 at a time
+            with ThreadPoolExecutor(8, thread_name_prefix="chromasnap-docs") as pool:
+                loaded = list(pool.map(one, ids))
+        for item in loaded:
+            if isinstance(item, str):
+                problems.append(item)
+            else:
+                snaps.append(item)
         catalog, trouble = self.catalog()
         if trouble:
             problems.append(trouble)
@@ -485,6 +500,7 @@ class Repository:
         """Write a new snapshot's document (named by its content's hash), then list it in
         the catalog; the caller holds the store lock."""
         name = f"snapshots/{snap.id}.json"
+        locks.check_lease(self.backend)  # issue 16: a remote store's lease must still be ours
         with contextlib.suppress(ObjectExists):  # the same document, named by its hash
             self.backend.save(name, self.codec.seal(name, dumps(snap)), create_only=True)
         self.catalog_add(snap.id)
@@ -529,7 +545,8 @@ class BlobWriter:
         n = workers or int(os.environ.get("CHROMASNAP_WORKERS", 0)) or default
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="chromasnap-blob")
         self._slots = threading.BoundedSemaphore(3 * n)
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromasnap-commit")
+        uploads = 1 if repo.backend.is_local else 4  # issue 16: a remote store's packs go up in parallel
+        self._committer = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="chromasnap-commit")
         self._commits: list[tuple[Future[None], PackFile]] = []
         self.new_blobs = 0
         self.new_bytes = 0

@@ -35,6 +35,9 @@ class Host(Protocol):
     problems: builtins.list[str]
 
     @property
+    def local(self) -> StorageBackend: ...
+
+    @property
     def repo(self) -> Repository: ...
 
     def _need_db(self) -> Path: ...
@@ -349,14 +352,14 @@ def _trusted_intents(mgr: Host, db: Path, warnings: list[str]) -> list[Intent]:
         except ChromasnapError:
             return None
 
-    trusted, problems = trusted_intents(mgr.backend, db, created)
+    trusted, problems = trusted_intents(mgr.local, db, created)
     warnings.extend(problems)
     return trusted
 
 
 def _clear(mgr: Host, intents: builtins.list[Intent]) -> None:
     for i in intents:
-        mgr.backend.remove(i.name)
+        mgr.local.remove(i.name)
 
 
 def _move_aside(db: Path) -> str | None:

@@ -40,6 +40,7 @@ class RetryingBackend(StorageBackend):
         self.inner = inner
         self.location = inner.location
         self.is_local = inner.is_local
+        self.no_cas = inner.no_cas
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -114,6 +115,9 @@ class RetryingBackend(StorageBackend):
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._run(lambda: self.inner.load(name, offset, length))
+
+    def load_bounded(self, name: str, limit: int) -> bytes:
+        return self._run(lambda: self.inner.load_bounded(name, limit))
 
     def load_versioned(self, name: str) -> tuple[bytes, str]:
         return self._run(lambda: self.inner.load_versioned(name))

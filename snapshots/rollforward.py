@@ -60,6 +60,9 @@ class SnapshotManager(Protocol):
     backend: StorageBackend
     _holding_write_lock: int
 
+    @property
+    def local(self) -> StorageBackend: ...
+
     def _need_db(self) -> Path: ...
 
     def _write_lock(self, wait: bool = True) -> contextlib.AbstractContextManager[object]: ...
@@ -750,9 +753,9 @@ def interrupted_writes(mgr: SnapshotManager) -> set[str]:
     the database it replaced would redo that write."""
     from .guard import read_intents
 
-    if not mgr.backend.exists():
+    if not mgr.local.exists():  # intents live beside the database when the store is remote
         return set()
-    return {i.snapshot for i in read_intents(mgr.backend, []) if i.snapshot and i.dead}
+    return {i.snapshot for i in read_intents(mgr.local, []) if i.snapshot and i.dead}
 
 
 def after_recover(

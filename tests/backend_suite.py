@@ -89,6 +89,19 @@ class BackendSuite:
         assert backend.stat("index/empty") == 0
         assert backend.list("index") == [ObjectInfo("index/empty", 0)]
 
+    def test_load_bounded(self, backend: StorageBackend) -> None:
+        """Documents are read whole under a size limit (issue 16: one request on S3)."""
+        backend.save("doc.json", b"x" * 100)
+        backend.save("empty.json", b"")
+        assert backend.load_bounded("doc.json", 100) == b"x" * 100
+        assert backend.load_bounded("doc.json", 1000) == b"x" * 100
+        assert backend.load_bounded("empty.json", 10) == b""
+        with pytest.raises(StoreError) as info:
+            backend.load_bounded("doc.json", 99)
+        assert "100 bytes" in one_line(info.value)
+        with pytest.raises(ObjectNotFound):
+            backend.load_bounded("absent.json", 10)
+
     def test_plain_save_replaces(self, backend: StorageBackend) -> None:
         t1 = backend.save("catalog.json", b"one")
         t2 = backend.save("catalog.json", b"two, longer")

@@ -122,6 +122,7 @@ def test_health_json_fields_and_exit_codes(db: Path, tmp_path: Path) -> None:
         "collections",
         "duration_s",
         "holders",
+        "unmirrored",
     }
     assert set(out) == fields
     assert out["healthy"] is True and out["verdict"] == "ok" and out["collections"] == 2

@@ -1,0 +1,84 @@
+"""Mirroring (`policy set --mirror URL`): each new snapshot copied to another store right
+after it is taken, a failure recorded on the snapshot and never fatal, `chromasnap mirror`
+retrying the backlog."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from s3_servers import aws_env, fresh_url, moto_endpoint
+
+from chromasnap.snapshots import SnapshotManager
+from chromasnap.snapshots.mirror import MIRROR_FAILED, MIRRORED
+
+FIXTURES = (aws_env, moto_endpoint)  # pytest fixtures from s3_servers
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHROMASNAP_")}
+    return subprocess.run(
+        [sys.executable, "-m", "chromasnap.cli", *args],
+        capture_output=True,
+        text=True,
+        env=base,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_mirror_after_before_write_to_s3(db: Path, tmp_path: Path, moto_endpoint: str) -> None:
+    url = fresh_url()
+    mgr = SnapshotManager(db, tmp_path / "store", endpoint_url=moto_endpoint)
+    first = mgr.snapshot()
+    assert mgr.last_mirror is None  # no mirror set yet
+    mgr.set_mirror(url)
+    assert [s.id for s in mgr.unmirrored()] == [first.id]
+    with mgr.before_write(reason="index docs") as pre:
+        assert pre is not None
+        assert mgr.last_mirror is not None and mgr.last_mirror.failed is None
+    remote = SnapshotManager(None, url, endpoint_url=moto_endpoint)
+    assert [s.id for s in remote.list()] == [pre.id]  # copied right after it was taken
+    assert [e.detail for e in mgr.get(pre.id).events if e.kind == MIRRORED] == [url]
+    assert [s.id for s in mgr.unmirrored()] == [first.id]
+    done = mgr.mirror()
+    assert done.failed is None and done.mirrored == [first.id] and mgr.unmirrored() == []
+    assert {s.id for s in remote.list()} == {first.id, pre.id}
+
+
+@pytest.mark.slow  # ~40 s on a shared machine: nine subprocesses of the command
+def test_a_failed_mirror_never_fails_the_snapshot_and_is_retried(db: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    blocked = tmp_path / "mirror"
+    blocked.write_text("a file where the mirror's directory should be")
+    at = ("--db", str(db), "--store", str(store))
+    assert cli("snapshot", *at).returncode == 0
+    r = cli("policy", "set", "--mirror", str(blocked), *at, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["mirror"] == str(blocked)
+
+    r = cli("snapshot", *at, "--json")
+    assert r.returncode == 0, r.stderr
+    snap = json.loads(r.stdout)
+    shown = json.loads(cli("show", snap["id"][:8], *at, "--json").stdout)
+    failed = [e for e in shown["events"] if e["kind"] == MIRROR_FAILED]
+    assert len(failed) == 1 and failed[0]["detail"].startswith(str(blocked))
+    r = cli("list", *at, "--json")
+    assert all(row["mirrored_to"] == [] for row in json.loads(r.stdout))
+    assert "2 snapshots are not yet on the mirror" in r.stderr
+    stats = json.loads(cli("stats", *at, "--json").stdout)
+    assert stats["mirror"] == str(blocked) and len(stats["unmirrored"]) == 2
+
+    r = cli("mirror", *at)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    blocked.unlink()
+    r = cli("mirror", *at, "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["mirrored"]) == 2
+    r = cli("list", *at, "--json")
+    assert all(row["mirrored_to"] == [str(blocked)] for row in json.loads(r.stdout))
+    assert "not yet on the mirror" not in r.stderr
+    assert len(SnapshotManager(None, blocked).list()) == 2
