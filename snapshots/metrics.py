@@ -44,6 +44,8 @@ class StoreMetrics(BaseModel):
     writes_in_progress: int
     unreadable: int
     """Snapshot documents or index files that could not be read (see `chromasnap list`)."""
+    unmirrored: int | None = None
+    """Snapshots not yet copied to the store's mirror (`policy set --mirror`); None: no mirror."""
 
 
 def _ts(at: datetime) -> float:
@@ -89,7 +91,18 @@ def store_metrics(mgr: SnapshotManager, now: float | None = None) -> StoreMetric
         interrupted_writes=interrupted,
         writes_in_progress=running,
         unreadable=problems,
+        unmirrored=_unmirrored(mgr),
     )
+
+
+def _unmirrored(mgr: SnapshotManager) -> int | None:
+    """The mirror backlog, or None when the store has no mirror (or it cannot be told)."""
+    try:
+        if not mgr.backend.exists() or not mgr.policy().mirror:
+            return None
+        return len(mgr.unmirrored())
+    except (OSError, ChromasnapError):
+        return None
 
 
 def _label(value: str) -> str:
@@ -171,6 +184,11 @@ def openmetrics(m: StoreMetrics) -> str:
     )
     gauge("guarded_writes_in_progress", "Write intents of live processes.", m.writes_in_progress)
     gauge("unreadable_store_files", "Snapshot documents or index files that could not be read.", m.unreadable)
+    gauge(
+        "unmirrored_snapshots",
+        "Snapshots not yet copied to the store's mirror (no sample without a mirror).",
+        m.unmirrored,
+    )
     gauge(
         "metrics_generated_timestamp_seconds",
         "When these metrics were written (Unix seconds).",

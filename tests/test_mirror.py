@@ -71,6 +71,9 @@ def test_a_failed_mirror_never_fails_the_snapshot_and_is_retried(db: Path, tmp_p
     assert "2 snapshots are not yet on the mirror" in r.stderr
     stats = json.loads(cli("stats", *at, "--json").stdout)
     assert stats["mirror"] == str(blocked) and len(stats["unmirrored"]) == 2
+    metrics = cli("stats", "--prometheus", *at).stdout
+    backlog = [ln for ln in metrics.splitlines() if ln.startswith("chromasnap_unmirrored_snapshots{")]
+    assert len(backlog) == 1 and backlog[0].endswith(" 2")
 
     r = cli("mirror", *at)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
