@@ -116,7 +116,12 @@ def check_openable(
     than the chromadb of `python` knows; `force` skips the question (nothing is asked at all)."""
     if force or not recorded:
         return None
-    known = known_migrations(python)
+    try:
+        known = known_migrations(python)
+    except UsageError:
+        # the interpreter cannot be asked (not executable by this user, no chromadb): the
+        # restore's own probe, or the first open, then answers for that chromadb
+        return None
     newer = newer_than_known(recorded, known.levels)
     if newer:
         by = f"chromadb {written_by}" if written_by else "a newer chromadb"

@@ -214,6 +214,7 @@ def kill_mid_persist(mgr: SnapshotManager, db: Path) -> tuple[dict[str, bytes], 
     return {f"coll0-{4000 + i}": vecs[i].tobytes() for i in range(1000)}, proc.returncode
 
 
+@pytest.mark.slow
 def test_guarded_write_killed_mid_persist(
     world: tuple[SnapshotManager, Path], template: tuple[Path, Truth], tmp_path: Path
 ) -> None:
@@ -284,7 +285,9 @@ def roll_cli(mgr: SnapshotManager, db: Path, kept: Path, crash: str) -> subproce
     return cli("roll-forward", "--from", str(kept), "--to", str(db), "--store", store, crash=crash)
 
 
-@pytest.mark.parametrize("crash", ["rollforward-applied", "rollforward-swapped"])
+@pytest.mark.parametrize(
+    "crash", [pytest.param("rollforward-applied", marks=pytest.mark.slow), "rollforward-swapped"]
+)
 def test_sigkill_of_the_roll_forward_is_finished_by_recover(
     world: tuple[SnapshotManager, Path],
     template: tuple[Path, Truth],

@@ -15,6 +15,7 @@ import pytest
 from torture import PersistTally, persist, run
 
 
+@pytest.mark.slow  # about 3 minutes on a loaded 2-core machine; each part has its own tests
 def test_torture_lean_form(tmp_path: Path) -> None:
     """Real kills, flips and concurrency, fewer of each (the default run's budget)."""
     t = run(tmp_path, n_kills=3, n_flips=10, seconds=6, with_bad_inputs=False)
