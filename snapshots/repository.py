@@ -73,7 +73,6 @@ def _unlock(
     A store with key files is encrypted whatever config.json says: a bucket writer who
     removed `encryption` from it must not make the next snapshot write plaintext."""
     from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
-    from .password import read_password
 
     has_keys = bool(backend.list(keyfiles.KEYS_FOLDER))
     if config.encryption is None:
@@ -83,6 +82,8 @@ def _unlock(
                 "encrypted (edited?); refusing to read or write it"
             )
         return PlainCodec(), None, None
+    from .password import read_password  # a terminal prompt's modules, for a sealed store only
+
     master, key = keyfiles.open_master_key(backend, config.id, (password or read_password)())
     cipher = {v: k for k, v in CIPHER_NAMES.items()}[config.encryption.cipher]
     return SealedCodec(master, cipher), master, key.id
