@@ -58,7 +58,12 @@ def list_cmd(
 
     table = Table(title=f"snapshots in {shown(mgr.store, markup=True)}", title_justify="left")
     for col in ("id", "created (UTC)", "reason", "tags", "size", "new", "verified"):
-        table.add_column(col, justify="right" if col in ("size", "new") else "left", no_wrap=col != "tags")
+        table.add_column(
+            col,
+            justify="right" if col in ("size", "new") else "left",
+            no_wrap=col not in ("tags", "reason"),
+            overflow="fold" if col in ("tags", "reason") else "ellipsis",  # folded, never cut out of sight
+        )
     for s in snaps:
         last = s.last_verification
         table.add_row(

@@ -257,3 +257,15 @@ def test_files_are_named_by_collection_at_80_columns_and_piped(db: Path, tmp_pat
     diff = cli("diff", "latest", "--db", str(db)).stdout
     name = next(f["label"] for f in data["files"] if f["path"] == f"{seg}/length.bin")
     assert f"changed  {name}" in diff and seg not in diff
+
+
+def test_list_folds_long_tags_instead_of_cutting_them(db: Path) -> None:
+    """Two snapshots whose tags differ only at the end looked the same at 80 columns (`a-very-…`):
+    the tags column folds now, so every character is printed."""
+    for end in ("one", "two"):
+        tag = f"nightly-run-of-the-indexer-number-{end}"
+        assert cli("snapshot", "--db", str(db), "--tag", tag).returncode == 0
+    out = cli("list", "--db", str(db), env={"COLUMNS": "80"}).stdout
+    assert "…" not in out and all(len(ln) <= 80 for ln in out.splitlines())
+    flat = "".join(ln.split("│")[4].strip() for ln in out.splitlines() if ln.count("│") == 8)
+    assert "nightly-run-of-the-indexer-number-one" in flat and "nightly-run-of-the-indexer-number-two" in flat
