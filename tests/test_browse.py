@@ -191,7 +191,7 @@ def test_restore_collection_brings_back_exact_records(db: Path, tmp_path: Path) 
     [
         pytest.param("collection-adding", marks=pytest.mark.slow),
         pytest.param("collection-added", marks=pytest.mark.slow),
-        "collection-dropped",
+        pytest.param("collection-dropped", marks=pytest.mark.slow),
     ],
 )
 def test_restore_collection_child_killed_at_each_step(
@@ -317,6 +317,7 @@ def test_damaged_record_index_is_reported(db: Path, tmp_path: Path) -> None:
     assert not report.ok and "record index" in report.detail
 
 
+@pytest.mark.slow
 def test_cli_browse_commands(db: Path, tmp_path: Path) -> None:
     env_args = ["--db", str(db), "--store", str(tmp_path / "store")]
     mgr = SnapshotManager(db, tmp_path / "store")

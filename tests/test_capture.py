@@ -435,6 +435,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_the_sqlite_read_lock_keeps_chroma_from_starting_a_save(tmp_path: Path) -> None:
     """What capture relies on (chromadb 1.5.9, measured in docs/capture.md): Chroma saves an
     HNSW folder only after a write transaction of its own, so while a snapshot keeps the

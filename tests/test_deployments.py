@@ -307,7 +307,7 @@ def test_mountinfo_paths_are_decoded_as_bytes() -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        "dätä",
+        pytest.param("dätä", marks=pytest.mark.slow),
         pytest.param("with space", marks=pytest.mark.slow),
         pytest.param(os.fsdecode(b"bad\xffbyte"), marks=pytest.mark.slow),
     ],

@@ -187,6 +187,7 @@ def test_tampered_and_swapped_objects_are_named(db: Path) -> None:
     one_line_error(cli("prune", "--db", str(db)), 2, "no retention rules")
 
 
+@pytest.mark.slow
 def test_two_keys_open_the_store_and_the_last_key_stays(db: Path) -> None:
     store = init(db)
     ok(cli("snapshot", "--db", str(db)))

@@ -119,6 +119,7 @@ def _trailer_bytes(mgr: SnapshotManager) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_a_long_lived_manager_reads_after_another_process_pruned(db: Path, tmp_path: Path) -> None:
     """gc in another process repacks blobs and deletes their old packs: a manager that loaded
     the index before finds them again."""
@@ -156,6 +157,7 @@ def test_policy_set_show_and_bad_values(db: Path) -> None:
     assert r.returncode == 2 and "no retention rules" in r.stderr
 
 
+@pytest.mark.slow
 def test_pinned_snapshot_survives_and_stats_json(db: Path) -> None:
     mgr = _grown_store(db, 3)
     first = mgr.list()[0]
@@ -169,6 +171,7 @@ def test_pinned_snapshot_survives_and_stats_json(db: Path) -> None:
     assert not mgr.get(first.id).pinned
 
 
+@pytest.mark.slow
 def test_auto_prune_after_before_write(db: Path) -> None:
     mgr = SnapshotManager(db)
     mgr.snapshot()
@@ -206,7 +209,7 @@ SnapshotManager(sys.argv[1]).prune(RetentionPolicy(keep_last=2))
         "prune-removed-one",
         pytest.param("gc-packed", marks=pytest.mark.slow),
         pytest.param("gc-indexed", marks=pytest.mark.slow),
-        "gc-old-index-removed",
+        pytest.param("gc-old-index-removed", marks=pytest.mark.slow),
         pytest.param("gc-first-pack-removed", marks=pytest.mark.slow),
     ],
 )

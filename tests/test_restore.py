@@ -174,7 +174,7 @@ def test_restore_into_a_real_bind_mount_keeps_the_mount_point(db: Path, tmp_path
         pytest.param("journal", {}, marks=pytest.mark.slow),
         ("exchanged", {}),
         pytest.param("swapped", {}, marks=pytest.mark.slow),
-        ("journal", {"CHROMASNAP_NO_EXCHANGE": "1"}),
+        pytest.param("journal", {"CHROMASNAP_NO_EXCHANGE": "1"}, marks=pytest.mark.slow),
         ("first-rename", {"CHROMASNAP_NO_EXCHANGE": "1"}),
         pytest.param("swapped", {"CHROMASNAP_NO_EXCHANGE": "1"}, marks=pytest.mark.slow),
     ],
@@ -199,6 +199,7 @@ def test_restore_killed_at_each_swap_step(db: Path, point: str, env: dict[str, s
     assert counts(db)
 
 
+@pytest.mark.slow
 def test_restore_killed_at_random_instants(db: Path) -> None:
     mgr = SnapshotManager(db)
     old = mgr.snapshot()
@@ -293,6 +294,7 @@ def test_recover_uses_a_snapshot_whose_pack_failed_only_its_hash(db: Path) -> No
     assert tree_bytes(db) == newest_state
 
 
+@pytest.mark.slow
 def test_recover_with_nothing_to_restore(db: Path) -> None:
     _corrupt_links(db)
     r = cli("recover", "--db", str(db), "--json")

@@ -160,6 +160,7 @@ def test_inflated_header_recovers_every_record_bit_exact(
     assert mgr.recover().kind == "healthy"
 
 
+@pytest.mark.slow
 def test_truncated_pickle(
     world: tuple[SnapshotManager, Path], template: tuple[Path, Truth], tmp_path: Path
 ) -> None:

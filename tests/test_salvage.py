@@ -571,6 +571,7 @@ def test_without_the_queue_only_persisted_vectors_are_taken() -> None:
 # --- a real crash -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_persisting_add(db: Path, tmp_path: Path) -> None:
     """A real SIGKILL of chromadb adding 1000 records (enough to persist the HNSW), sent
     just after header.bin changes (the persist's first write). Whatever state the kill

@@ -36,6 +36,7 @@ def test_torture_short_form(tmp_path: Path) -> None:
     assert t.concurrent_ops > 0 and t.torn == 0
 
 
+@pytest.mark.slow
 def test_persist_torture_short_form(tmp_path: Path) -> None:
     """Snapshots under a writer saving its HNSW every 100 records (the long form is
     `python bench/torture.py --persist-only --persist 200`): every snapshot taken verifies
