@@ -68,6 +68,7 @@ async def wait_for_the_write(store: Path, sqlite: Path) -> dict[str, Any]:
     return intent
 
 
+@pytest.mark.slow
 def test_mcp_server_indexes_is_killed_mid_write_and_recovers(tmp_path: Path) -> None:
     db, store = tmp_path / "chroma", tmp_path / "chroma.snapshots"
 

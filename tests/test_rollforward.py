@@ -287,7 +287,11 @@ def roll_cli(mgr: SnapshotManager, db: Path, kept: Path, crash: str) -> subproce
 
 
 @pytest.mark.parametrize(
-    "crash", [pytest.param("rollforward-applied", marks=pytest.mark.slow), "rollforward-swapped"]
+    "crash",
+    [
+        pytest.param("rollforward-applied", marks=pytest.mark.slow),
+        pytest.param("rollforward-swapped", marks=pytest.mark.slow),
+    ],
 )
 def test_sigkill_of_the_roll_forward_is_finished_by_recover(
     world: tuple[SnapshotManager, Path],
