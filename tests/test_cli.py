@@ -253,7 +253,9 @@ def test_files_are_named_by_collection_at_80_columns_and_piped(db: Path, tmp_pat
     # a change to one collection's index: diff names the collection's files
     seg = next(iter(segs))
     with (db / seg / "length.bin").open("r+b") as fh:
-        fh.write(b"\x00")
+        first = fh.read(1)
+        fh.seek(0)
+        fh.write(bytes([first[0] ^ 0xFF]))  # a byte that really differs
     diff = cli("diff", "latest", "--db", str(db)).stdout
     name = next(f["label"] for f in data["files"] if f["path"] == f"{seg}/length.bin")
     assert f"changed  {name}" in diff and seg not in diff
