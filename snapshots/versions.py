@@ -11,14 +11,13 @@ parent reads the levels it wrote.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import children
 from .errors import UsageError
 
 KNOWN_TIMEOUT = 120.0
@@ -61,20 +60,14 @@ def known_migrations(python: str | None = None) -> Known:
         return _known[exe]
     work = Path(tempfile.mkdtemp(prefix="chromasnap-migrations-"))
     try:
-        env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONDONTWRITEBYTECODE": "1"}
-        try:
-            out = subprocess.run(
-                [exe, "-c", _CHILD, str(work / "db")],
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=KNOWN_TIMEOUT,
-                env=env,
-                check=False,
-                start_new_session=True,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        try:  # the one child runner: its own session, killed as a group, dies with us
+            out = children.run([exe, "-c", _CHILD, str(work / "db")], KNOWN_TIMEOUT)
+        except OSError as exc:
             raise UsageError(f"cannot ask chromadb in {exe} which schema it knows: {exc}") from None
+        if out.timed_out:
+            raise UsageError(
+                f"cannot ask chromadb in {exe} which schema it knows: no answer in {KNOWN_TIMEOUT:g} s"
+            )
         if out.returncode != 0:
             last = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
             raise UsageError(f"cannot ask chromadb in {exe} which schema it knows: {last[:300]}")
