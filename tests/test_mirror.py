@@ -33,6 +33,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_mirror_after_before_write_to_s3(db: Path, tmp_path: Path, moto_endpoint: str) -> None:
     url = fresh_url()
+    SnapshotManager(None, url, endpoint_url=moto_endpoint).init(encrypt=False)  # a plain mirror on purpose
     mgr = SnapshotManager(db, tmp_path / "store", endpoint_url=moto_endpoint)
     first = mgr.snapshot()
     assert mgr.last_mirror is None  # no mirror set yet
