@@ -152,6 +152,8 @@ def test_copy_between_keys_reseals_and_sends_only_what_is_missing(
     rest = copy_snapshots(plain, e1, password=pw(PW1))
     assert rest.copied == [ids[1]] and rest.present == [ids[0]]
     assert 0 < rest.bytes_sent < first.bytes_sent / 2  # the second snapshot's new blobs, not the database
+    # and only those were read: the rest was named through the first snapshot and its copy
+    assert 0 < rest.bytes_read < first.bytes_read / 2
     again = copy_snapshots(plain, e1, password=pw(PW1))
     assert again.copied == [] and again.blobs_sent == 0 and again.bytes_sent == 0
     enc_ids = [rest.ids[i] for i in ids]
