@@ -168,7 +168,8 @@ def _target(
 ) -> tuple[Repository, bool]:
     """The target store and whether this copy created it. A new one is made like the source
     (chunking, compression, pack size, retention rules), encrypted when `encrypt` says so,
-    else when it is remote or the source is encrypted (a copy never decrypts by default)."""
+    else when it is remote or the source is encrypted. A copy never decrypts unasked: an
+    encrypted source into an existing plain target needs `encrypt=False` (`--no-encrypt`)."""
     if dst.exists():
         repo = None
         for known in (codec, source.codec):
@@ -180,6 +181,11 @@ def _target(
             state = "encrypted" if repo.codec.encrypted else "not encrypted"
             raise UsageError(
                 f"{dst.location} exists and is {state}: --encrypt/--no-encrypt apply to a new target only"
+            )
+        if encrypt is None and source.codec.encrypted and not repo.codec.encrypted:
+            raise UsageError(
+                f"{dst.location} is not encrypted and {source.backend.location} is: the copy would be "
+                "readable there; give --no-encrypt to copy into it in the clear on purpose"
             )
         if same_key and not repo.codec.same_keys(source.codec):
             raise UsageError(

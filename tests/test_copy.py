@@ -183,6 +183,8 @@ def test_copy_between_keys_reseals_and_sends_only_what_is_missing(
     assert not back.exists() or not (tmp_path / "p" / "config.json").exists()
     out = copy_snapshots(e2, back, from_password=pw(PW2), encrypt=False)
     assert out.resealed and not out.encrypted
+    with pytest.raises(UsageError, match="readable there"):  # never decrypted into a plain store unasked
+        copy_snapshots(e2, back, from_password=pw(PW2))
     mgr = SnapshotManager(None, back.root, password=never)
     assert [s.id for s in mgr.list()] == ids  # the source's own ids, through two other keys
     assert [s.parent for s in mgr.list()] == [s.parent for s in SnapshotManager(None, store).list()]
