@@ -143,12 +143,17 @@ def _opens_with(dst: StorageBackend, codec: Codec) -> Repository | None:
         repo = Repository.open(dst, codec=codec)
     except StoreError:
         return None
-    names = ["catalog.json", *repo.index_files()[:1]]
-    for name in names:
+    names = [
+        ("catalog.json", limits.MAX_CATALOG),
+        *((n, limits.MAX_INDEX_FILE) for n in repo.index_files()[:1]),
+    ]
+    for name, most in names:
         try:
-            data = dst.load_bounded(name, limits.MAX_INDEX_FILE + codec.overhead)
+            data = dst.load_bounded(name, most + codec.overhead)
         except ObjectNotFound:
             continue
+        except StoreError:
+            return None
         try:
             codec.open(name, data)
         except AuthenticationError:
