@@ -140,5 +140,5 @@ def copy_cmd(
         f"copied {len(res.copied)} snapshots to {shown(res.target)} "
         f"({len(res.present)} already there): {res.blobs_sent} blobs in {res.packs_sent} packs, "
         f"{human_bytes(res.bytes_sent)} sent in {res.duration_s:.1f}s"
-        + (" (re-sealed under the target's key: ids differ)" if res.resealed and res.copied else "")
+        + (" (named and sealed by the target's keys: its ids differ)" if res.resealed and res.copied else "")
     )
