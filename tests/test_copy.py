@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -137,7 +138,10 @@ def blob_bodies(mgr: SnapshotManager) -> dict[str, bytes]:
 
 
 def test_copy_between_keys_reseals_and_sends_only_what_is_missing(
-    two_snapshots: tuple[Path, list[str], dict[str, bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    two_snapshots: tuple[Path, list[str], dict[str, bytes]],
+    db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """plain -> encrypted -> encrypted under another key (killed once, resumed) -> plain: each
     step re-sealed, incremental, and the last plain store has the source's very ids (every
@@ -194,6 +198,9 @@ def test_copy_between_keys_reseals_and_sends_only_what_is_missing(
     assert tree_bytes(extracted) == at_second  # byte-exact out of the twice re-sealed store
     [full] = mgr2.verify_many([res.ids[enc_ids[1]]])  # every byte, then chromadb opens it (a child)
     assert full.ok, full
+    shutil.rmtree(db)  # the database gone: restored from the re-sealed store onto the bare path
+    SnapshotManager(db, e2.root, password=pw(PW2)).restore(res.ids[enc_ids[1]][:12], verify=False)
+    assert tree_bytes(db) == at_second
 
 
 def test_same_key_copy_moves_sealed_bodies_as_they_are(
