@@ -190,7 +190,7 @@ def main() -> None:
             for _ in range(args.snapshots):
                 run([*chromasnap_cmd(), "snapshot", "--db", str(db), "--store", many])
             big = url()
-            cli_json("copy", "--from", many, "--to", big, "--json")
+            cli_json("copy", "--from", many, "--to", big, "--no-encrypt", "--json")  # plain, as `many`
             lists = [run([*chromasnap_cmd(), "list", "--store", big, "--json"])[0] for _ in range(args.runs)]
             local_lists = [
                 run([*chromasnap_cmd(), "list", "--store", many, "--json"])[0] for _ in range(args.runs)

@@ -63,6 +63,18 @@ def password_source(password_file: Path | None, confirm: bool = False) -> Callab
     return read
 
 
+def mirror_password_source(password_file: Path | None) -> Callable[[], str]:
+    """An encrypted mirror's password: CHROMASNAP_MIRROR_PASSWORD*, else the store's own
+    (`--password-file`, CHROMASNAP_PASSWORD*); never a prompt (docs/encryption.md)."""
+
+    def read() -> str:
+        from chromasnap.snapshots.password import read_mirror_password
+
+        return read_mirror_password(password_file=password_file)
+
+    return read
+
+
 # --- end encryption --------------------------------------------------------------------------
 
 PythonOpt = Annotated[
@@ -213,6 +225,7 @@ def manager(
         store,
         allow_foreign_owner=allow_foreign_owner or None,
         password=password_source(password_file, confirm_password),
+        mirror_password=mirror_password_source(password_file),
         **REMOTE,
     )
     for warning in mgr.warnings:

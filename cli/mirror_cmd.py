@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from .common import DbOpt, DebugOpt, ForeignOpt, JsonOpt, StoreOpt, handle_errors, manager, print_json, shown
+from .common import (
+    DbOpt,
+    DebugOpt,
+    ForeignOpt,
+    JsonOpt,
+    PasswordFileOpt,
+    StoreOpt,
+    handle_errors,
+    manager,
+    print_json,
+    shown,
+)
 
 
 @handle_errors
@@ -14,9 +25,11 @@ def mirror_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     allow_foreign_owner: ForeignOpt = False,
+    password_file: PasswordFileOpt = None,
 ) -> None:
-    """Retry the mirroring backlog: every snapshot not yet copied to the mirror. Exit 1 if it fails."""
-    res = manager(db, store, allow_foreign_owner).mirror()
+    """Retry the mirroring backlog: every snapshot not yet copied to the mirror. Exit 1 if it fails.
+    An encrypted mirror's password: CHROMASNAP_MIRROR_PASSWORD*, else the store's own."""
+    res = manager(db, store, allow_foreign_owner, password_file).mirror()
     if json_out:
         print_json(
             {

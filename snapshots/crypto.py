@@ -10,6 +10,7 @@ compressed before they are sealed. Byte layouts: docs/encryption.md.
 
 from __future__ import annotations
 
+import hmac
 import os
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Final
@@ -97,6 +98,11 @@ class Codec(ABC):
     def blob_key(self, plaintext: bytes) -> str:
         """The blob's name: 64 lowercase hex digits, the same for the same content."""
 
+    @abstractmethod
+    def same_keys(self, other: Codec) -> bool:
+        """True when `other` names and seals exactly as this codec does (both plain, or both
+        sealed under one master key): objects can then move between the stores unchanged."""
+
 
 class PlainCodec(Codec):
     """An unencrypted store: objects as they are, blob keys the BLAKE3 of the content."""
@@ -112,6 +118,9 @@ class PlainCodec(Codec):
 
     def blob_key(self, plaintext: bytes) -> str:
         return blake3(plaintext).hexdigest()
+
+    def same_keys(self, other: Codec) -> bool:
+        return not other.encrypted
 
 
 class SealedCodec(Codec):
@@ -166,3 +175,7 @@ class SealedCodec(Codec):
 
     def blob_key(self, plaintext: bytes) -> str:
         return blake3(plaintext, key=self._blob_id_key).hexdigest()
+
+    def same_keys(self, other: Codec) -> bool:
+        # every working key is derived from the master key: one equal derived key means one master
+        return isinstance(other, SealedCodec) and hmac.compare_digest(self._blob_id_key, other._blob_id_key)

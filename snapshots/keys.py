@@ -346,13 +346,21 @@ def list_keys(storage: KeyStorage) -> tuple[list[KeyFile], list[str]]:
 
 
 def create_master_key(
-    storage: KeyStorage, store_id: str, password: str, *, kdf: Kdf | None = None
+    storage: KeyStorage,
+    store_id: str,
+    password: str,
+    *,
+    kdf: Kdf | None = None,
+    master_key: bytes | None = None,
 ) -> tuple[bytes, KeyFile]:
-    """A new random master key and the store's first key file (for `init`)."""
+    """A new random master key (or `master_key`: another store's, for `copy --same-key`) and
+    the store's first key file (for `init`)."""
     keys, problems = list_keys(storage)
     if keys or problems:
         raise UsageError(f"store {store_id[:12]} already has key files")
-    master = crypto.new_master_key()
+    master = master_key if master_key is not None else crypto.new_master_key()
+    if len(master) != crypto.MASTER_KEY_SIZE:
+        raise ValueError(f"a master key is {crypto.MASTER_KEY_SIZE} bytes, not {len(master)}")
     return master, add_key(storage, store_id, master, password, kdf=kdf)
 
 

@@ -98,6 +98,7 @@ class SnapshotManager:
         backend: StorageBackend | None = None,
         allow_foreign_owner: bool | None = None,
         password: PasswordSource | None = None,
+        mirror_password: PasswordSource | None = None,
         endpoint_url: str | None = None,
         no_cas: bool | None = None,
         connections: int | None = None,
@@ -106,8 +107,12 @@ class SnapshotManager:
         stores.py; `endpoint_url`, `no_cas` and `connections` apply to it).
         `allow_foreign_owner` reads a store another user owns (refused by default: they
         could have crafted it); None takes CHROMASNAP_ALLOW_FOREIGN_OWNER. `password` is
-        asked only if the store is encrypted (None: CHROMASNAP_PASSWORD* or a prompt)."""
+        asked only if the store is encrypted (None: CHROMASNAP_PASSWORD* or a prompt);
+        `mirror_password` only if the mirror is, or mirroring creates it (None: the
+        environment, never a prompt: `password.read_mirror_password`)."""
         self._password = password  # issue 17
+        self._mirror_password = mirror_password
+        self._mirror_codecs: dict[str, Any] = {}
         if db_path is None and store_path is None:
             raise UsageError("no database given: use --db PATH or set CHROMASNAP_DB")
         self.db_path = Path(os.path.abspath(db_path)) if db_path is not None else None
@@ -230,7 +235,7 @@ class SnapshotManager:
         self.last_mirror = None
         url = self.repo.config.retention.mirror
         if url:  # after the store lock is let go; a failure is recorded, never raised
-            self.last_mirror = mirror.mirror_snapshots(self.repo, url, [snap.id], **self._remote_options)
+            self.last_mirror = mirror.mirror_snapshots(self.repo, url, [snap.id], **self._mirror_options())
         return snap
 
     def _need_db(self) -> Path:
@@ -511,7 +516,10 @@ class SnapshotManager:
         if not url:
             raise UsageError("no mirror is set: use `chromasnap policy set --mirror URL`")
         ids = [s.id for s in self.unmirrored()]
-        return mirror.mirror_snapshots(self.repo, url, ids, **self._remote_options)
+        return mirror.mirror_snapshots(self.repo, url, ids, **self._mirror_options())
+
+    def _mirror_options(self) -> dict[str, Any]:
+        return {**self._remote_options, "password": self._mirror_password, "codecs": self._mirror_codecs}
 
     def stats(self) -> StoreStats:
         """Store size, logical size, dedup ratio, and what removing each snapshot frees."""

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 
 from chromasnap.manifest import Event, Snapshot
 
+from .crypto import Codec
 from .errors import ChromasnapError
-from .repository import Repository
+from .repository import PasswordSource, Repository
 from .store_copy import copy_snapshots
 from .stores import is_remote, open_store
 
@@ -62,6 +63,12 @@ def _record(repo: Repository, snap_id: str, kind: str, detail: str) -> None:
         repo.update_snapshot(snap_id, lambda s: s.events.append(event))
 
 
+def _mirror_password() -> str:
+    from .password import read_mirror_password  # a terminal prompt's modules: only when needed
+
+    return read_mirror_password()
+
+
 def mirror_snapshots(
     repo: Repository,
     url: str,
@@ -69,18 +76,35 @@ def mirror_snapshots(
     *,
     endpoint_url: str | None = None,
     no_cas: bool | None = None,
+    password: PasswordSource | None = None,
+    codecs: dict[str, Codec] | None = None,
 ) -> MirrorResult:
     """Copy the snapshots `ids` to the mirror `url` and record the outcome on each; never
-    raises for a failure of the mirror (it is returned in `failed`), only for Ctrl-C."""
+    raises for a failure of the mirror (it is returned in `failed`), only for Ctrl-C.
+
+    A mirror that does not exist yet is created like `copy` creates a target: encrypted when
+    it is remote or this store is encrypted. An encrypted mirror's password is `password`
+    (default `password.read_mirror_password`: the environment, never a prompt); none is a
+    failed mirroring like any other. `codecs` keeps, per mirror, the codec that opened it,
+    so a long-lived manager derives the mirror's key once."""
     result = MirrorResult(mirror=url)
     location = url
     try:
         target = open_store(url, endpoint_url=endpoint_url, no_cas=no_cas)
         location = result.mirror = target.location
         try:
-            res = copy_snapshots(repo.backend, target, ids)
+            res = copy_snapshots(
+                repo.backend,
+                target,
+                ids,
+                source=repo,
+                password=password or _mirror_password,
+                target_codec=(codecs or {}).get(location),
+            )
         finally:
             target.close()
+        if codecs is not None and res.target_codec is not None and res.target_codec.encrypted:
+            codecs[location] = res.target_codec
     except Exception as exc:  # a failed mirror is recorded, never fatal
         result.failed = str(exc) or type(exc).__name__
         for sid in ids:

@@ -33,10 +33,13 @@ def read_password(
     prompt: str = "Password: ",
     environ: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    option: str = "--password-file",
+    interactive: bool = True,
 ) -> str:
     """The password, or UsageError (one line, never holding the password or a command's output).
 
-    `confirm` asks twice at a prompt (for a new password). `timeout` bounds the command."""
+    `confirm` asks twice at a prompt (for a new password). `timeout` bounds the command.
+    `option` is the command-line option named in messages; `interactive=False` never prompts."""
     env = os.environ if environ is None else environ
     file_var, command_var, password_var = (
         f"{prefix}_PASSWORD_FILE",
@@ -44,18 +47,41 @@ def read_password(
         f"{prefix}_PASSWORD",
     )
     if password_file is not None:
-        return _from_file(Path(password_file), "--password-file")
+        return _from_file(Path(password_file), option)
     if env.get(file_var):
         return _from_file(Path(env[file_var]), file_var)
     if env.get(command_var):
         return _from_command(env[command_var], command_var, timeout)
     if env.get(password_var):
         return env[password_var]
-    if sys.stdin is not None and sys.stdin.isatty():
+    if interactive and sys.stdin is not None and sys.stdin.isatty():
         return _from_terminal(prompt, confirm)
     raise UsageError(
-        f"no password: set {password_var}, {file_var} or {command_var}, or give --password-file "
-        "(there is no terminal to ask on)"
+        f"no password: set {password_var}, {file_var} or {command_var}, or give {option} "
+        f"({'there is no terminal to ask on' if interactive else 'it is never asked at a terminal here'})"
+    )
+
+
+MIRROR_PREFIX = "CHROMASNAP_MIRROR"
+
+
+def read_mirror_password(
+    *, password_file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The password of an encrypted mirror (or of the encrypted store mirroring creates):
+    CHROMASNAP_MIRROR_PASSWORD_FILE, _COMMAND or CHROMASNAP_MIRROR_PASSWORD, else the store's
+    own (`password_file`, then CHROMASNAP_PASSWORD_FILE, _COMMAND, CHROMASNAP_PASSWORD).
+    Never a prompt: mirroring runs after a snapshot, often with nobody at the terminal."""
+    env = os.environ if environ is None else environ
+    suffixes = ("_PASSWORD_FILE", "_PASSWORD_COMMAND", "_PASSWORD")
+    if any(env.get(MIRROR_PREFIX + s) for s in suffixes):
+        return read_password(prefix=MIRROR_PREFIX, environ=env, interactive=False)
+    if password_file is not None or any(env.get("CHROMASNAP" + s) for s in suffixes):
+        return read_password(password_file=password_file, environ=env, interactive=False)
+    raise UsageError(
+        "no password for the encrypted mirror: set CHROMASNAP_MIRROR_PASSWORD (or _FILE, _COMMAND) "
+        "or CHROMASNAP_PASSWORD (or _FILE, _COMMAND); for a plain mirror create it first with "
+        "`chromasnap init --no-encrypt --store URL`"
     )
 
 

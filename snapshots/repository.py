@@ -167,11 +167,16 @@ class Repository:
         *,
         encrypt: bool = False,
         kdf: keyfiles.Kdf | None = None,
+        master_key: bytes | None = None,
         **config: Any,
     ) -> Repository:
         """A new store: plain, or encrypted with a new master key wrapped under `password`
         (asked once, confirmed at a terminal). The key file is durable before config.json
-        says the store exists, so a crash leaves no store that nothing can open."""
+        says the store exists, so a crash leaves no store that nothing can open.
+
+        `master_key`: an encrypted store sharing another's master key (`copy --same-key`:
+        objects then move between the two unchanged). An encrypted store's `retention` goes
+        into its sealed policy.json, never into config.json."""
         from . import keys as keyfiles
         from .password import read_password
 
@@ -186,15 +191,22 @@ class Repository:
         store_id = os.urandom(32).hex()
         codec: Codec = PlainCodec()
         key_id = master = None
+        rules: RetentionPolicy | None = None
         if encrypt:
+            rules = config.pop("retention", None)
             config = {**config, "version": ENCRYPTED_STORE_VERSION, "encryption": Encryption()}
             pw = password() if password else read_password(confirm=True)
-            master, key = keyfiles.create_master_key(backend, store_id, pw, kdf=kdf)
+            master, key = keyfiles.create_master_key(backend, store_id, pw, kdf=kdf, master_key=master_key)
             codec, key_id = SealedCodec(master), key.id
+        elif master_key is not None:
+            raise UsageError("a master key is for an encrypted store only")
         cfg = StoreConfig(id=store_id, created_at=datetime.now(UTC), **config)
         backend.save("config.json", dumps(cfg))
         repo = cls(backend, cfg, codec, key_id)
         repo._master = master
+        if rules is not None and rules != RetentionPolicy():
+            repo.config.retention = rules
+            repo.save_config()
         return repo
 
     def reopen(self) -> Repository:

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from s3_servers import aws_env, fresh_url, moto_endpoint, raw_client
 
 from chromasnap.manifest import HnswSplitList
 from chromasnap.snapshots import SnapshotManager
-from chromasnap.snapshots.keys import WrongPassword
-from conftest import tree_bytes
+from chromasnap.snapshots.keys import FAST_KDF, WrongPassword
+from conftest import run_sample, tree_bytes
+
+FIXTURES = (aws_env, moto_endpoint)  # pytest fixtures from s3_servers
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CHROMASNAP_")}
 ENV["CHROMASNAP_KDF"] = "fast"  # Argon2id t=1, m=1 MiB: tests only
@@ -260,3 +266,182 @@ def test_the_python_api_asks_the_password_once_per_manager(db: Path, monkeypatch
     assert again.policy().keep_last == 1 and len(again.list()) == 1 and len(asked) == 2
     with pytest.raises(WrongPassword, match="wrong password"):
         SnapshotManager(db, password=lambda: "nope").list()
+
+
+# --- issue 17, continued: an encrypted store on S3 (moto on loopback), and SIGKILLs at random
+# instants of an encrypted snapshot and of key add / passwd -------------------------------------
+
+
+def s3_cli(endpoint: str, cache: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}  # aws_env's test values
+    return cli("--endpoint-url", endpoint, *args, XDG_CACHE_HOME=str(cache), **aws, **env)
+
+
+def bucket_bytes(endpoint: str, url: str) -> dict[str, bytes]:
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    client = raw_client(endpoint)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return {k[len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+def s3_round_trip(db: Path, tmp_path: Path, endpoint: str, every_command: bool) -> None:
+    url, cache = fresh_url(), tmp_path / "cache"
+    at = ("--db", str(db), "--store", url)
+    made = json.loads(ok(s3_cli(endpoint, cache, "init", *at, "--json")).stdout)
+    assert made["encrypted"]  # a store created for a remote URL is encrypted by default
+    first = json.loads(ok(s3_cli(endpoint, cache, "snapshot", *at, "--tag", "one", "--json")).stdout)
+    out = tmp_path / "out"
+    ok(s3_cli(endpoint, cache, "extract", first["id"][:10], str(out), *at))
+    assert tree_bytes(out) == tree_bytes(db)  # byte-exact out of the bucket
+    rows = json.loads(ok(s3_cli(endpoint, cache, "list", *at, "--json")).stdout)
+    assert [r["id"] for r in rows] == [first["id"]]
+    if every_command:
+        run_sample("mutate", str(db), "--step", "1", "--fraction", "0.02")
+        second = json.loads(ok(s3_cli(endpoint, cache, "snapshot", *at, "--json")).stdout)
+        assert 0 < second["totals"]["new_bytes"] < first["totals"]["new_bytes"] / 2  # dedup kept
+        shown = json.loads(ok(s3_cli(endpoint, cache, "show", "latest", *at, "--json")).stdout)
+        assert shown["id"] == second["id"]
+        diff = json.loads(
+            ok(s3_cli(endpoint, cache, "diff", first["id"][:10], "latest", *at, "--json")).stdout
+        )
+        assert diff
+        reports = json.loads(ok(s3_cli(endpoint, cache, "verify", "latest", *at, "--json")).stdout)
+        assert all(r["ok"] for r in reports), reports  # objects and the chromadb probe
+        ok(s3_cli(endpoint, cache, "restore", first["id"][:10], "--yes", *at, "--json"))
+        assert tree_bytes(db) == tree_bytes(out)
+        pruned = json.loads(ok(s3_cli(endpoint, cache, "prune", "--keep-last", "1", *at, "--json")).stdout)
+        assert pruned["removed"]
+    assert "quick ok" in ok(s3_cli(endpoint, cache, "verify", "--all", "--quick", *at)).stdout
+    one_line_error(s3_cli(endpoint, cache, "list", *at, password="wrong"), 2, "wrong password for store ")
+    found = needles(db, SnapshotManager(db, url, endpoint_url=endpoint, password=lambda: PW))
+    assert all(v in b"".join(tree_bytes(out).values()) for v in found.values())  # real needles
+    objects = bucket_bytes(endpoint, url)
+    assert objects and not [
+        f"{k} in {n}" for n, data in objects.items() for k, v in found.items() if v in data
+    ]
+    assert scan(cache, found) == []  # the local cache and scratch of the remote store too
+
+
+def test_an_encrypted_store_on_s3_round_trips_and_nothing_is_readable(
+    db: Path, tmp_path: Path, moto_endpoint: str
+) -> None:
+    """The lean form: init (encrypted by default for s3://), snapshot, extract, list, verify."""
+    s3_round_trip(db, tmp_path, moto_endpoint, every_command=False)
+
+
+@pytest.mark.slow  # ~1-2 min: a dozen subprocesses, a chromadb probe and a restore
+def test_every_command_on_an_encrypted_store_on_s3(db: Path, tmp_path: Path, moto_endpoint: str) -> None:
+    s3_round_trip(db, tmp_path, moto_endpoint, every_command=True)
+
+
+# The child opens the store (the KDF), says so, then runs one operation: the parent kills it
+# after a random delay within that operation's measured duration.
+CHILD = """
+import sys
+from chromasnap.snapshots import SnapshotManager
+db, store, op, old, new = sys.argv[1:]
+mgr = SnapshotManager(db, store, password=lambda: old)
+mgr.list()
+print("ready", flush=True)
+if op == "passwd":
+    mgr.change_password(new)
+elif op == "add":
+    mgr.add_key(new)
+else:
+    mgr.snapshot()
+print("done", flush=True)
+"""
+KDF_ENV = {
+    **ENV,
+    "CHROMASNAP_KDF": "argon2id:t=1,m=8192,p=1",
+}  # a few ms: instants fall in the KDF and the writes
+
+
+def killed_after(delay: float | None, *args: str) -> float:
+    """Run CHILD with `args`; SIGKILL it `delay` seconds after it opened the store (None: let it
+    finish). The seconds from ready to the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, text=True, env=KDF_ENV
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    t0 = time.monotonic()
+    if delay is None:
+        assert proc.stdout.readline() == "done\n"
+    else:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=300)
+    assert proc.returncode in (0, -signal.SIGKILL)
+    return time.monotonic() - t0
+
+
+def opens_with(db: Path, store: Path, *passwords: str) -> list[str]:
+    good = []
+    for p in passwords:
+        try:
+            SnapshotManager(db, store, password=lambda p=p: p).list()  # type: ignore[misc]
+        except WrongPassword:
+            continue
+        good.append(p)
+    return good
+
+
+def kill_snapshots(db: Path, tmp_path: Path, instants: int, seed: int) -> None:
+    """An encrypted snapshot into a fresh store killed at random instants: the store opens,
+    verifies, and takes the next snapshot."""
+    rng = random.Random(seed)
+    whole = None
+    for i in range(instants + 1):
+        store = tmp_path / f"store{i}"
+        SnapshotManager(db, store, password=lambda: PW).init(encrypt=True, kdf=FAST_KDF)
+        if whole is None:  # the first run, uncut, measures the operation
+            whole = killed_after(None, str(db), str(store), "snapshot", PW, PW)
+            continue
+        killed_after(rng.uniform(0.05, 1.0) * whole, str(db), str(store), "snapshot", PW, PW)
+        mgr = SnapshotManager(db, store, password=lambda: PW)
+        assert all(r.ok for r in mgr.verify_many(quick=True))  # whatever it left is whole
+        mgr.snapshot()
+        assert all(r.ok for r in mgr.verify_many(quick=True))
+
+
+def kill_key_changes(db: Path, instants: int, seed: int) -> None:
+    """`key passwd` and `key add` killed at random instants: the store opens with the old or
+    the new password, never neither, and verifies."""
+    rng = random.Random(seed)
+    measure = db.parent / "measure.snapshots"  # uncut runs, apart: each its own key files
+    SnapshotManager(db, measure, password=lambda: "pw0").init(encrypt=True, kdf=FAST_KDF)
+    whole = {op: killed_after(None, str(db), str(measure), op, "pw0", "x") for op in ("add", "passwd")}
+    store = db.parent / "keys.snapshots"
+    mgr = SnapshotManager(db, store, password=lambda: "pw0")
+    mgr.init(encrypt=True, kdf=FAST_KDF)
+    mgr.snapshot()
+    current = "pw0"
+    for i in range(instants):
+        op = "passwd" if i % 3 != 2 else "add"
+        new = f"pw{i + 1}"
+        killed_after(rng.uniform(0, 1.2) * whole[op], str(db), str(store), op, current, new)
+        good = opens_with(db, store, current, new)
+        assert good, f"{op} killed at instant {i}: neither {current!r} nor {new!r} opens the store"
+        if op == "add":
+            assert current in good  # add never takes a password away
+        current = new if new in good else current
+        assert all(
+            r.ok for r in SnapshotManager(db, store, password=lambda c=current: c).verify_many(quick=True)
+        )  # type: ignore[misc]
+
+
+def test_sigkill_at_random_instants_of_an_encrypted_snapshot_and_key_changes(
+    db: Path, tmp_path: Path
+) -> None:
+    """The lean form: two instants of a snapshot, three of passwd/add."""
+    kill_snapshots(db, tmp_path, instants=2, seed=1)
+    kill_key_changes(db, instants=3, seed=2)
+
+
+@pytest.mark.slow  # ~2-3 min: a child process and a verify per instant
+def test_sigkill_at_many_random_instants_of_an_encrypted_snapshot_and_key_changes(
+    db: Path, tmp_path: Path
+) -> None:
+    kill_snapshots(db, tmp_path, instants=8, seed=11)
+    kill_key_changes(db, instants=12, seed=12)

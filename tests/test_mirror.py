@@ -15,6 +15,7 @@ from s3_servers import aws_env, fresh_url, moto_endpoint
 
 from chromasnap.snapshots import SnapshotManager
 from chromasnap.snapshots.mirror import MIRROR_FAILED, MIRRORED
+from conftest import run_sample
 
 FIXTURES = (aws_env, moto_endpoint)  # pytest fixtures from s3_servers
 
@@ -33,6 +34,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_mirror_after_before_write_to_s3(db: Path, tmp_path: Path, moto_endpoint: str) -> None:
     url = fresh_url()
+    SnapshotManager(None, url, endpoint_url=moto_endpoint).init(encrypt=False)  # a plain mirror on purpose
     mgr = SnapshotManager(db, tmp_path / "store", endpoint_url=moto_endpoint)
     first = mgr.snapshot()
     assert mgr.last_mirror is None  # no mirror set yet
@@ -85,3 +87,39 @@ def test_a_failed_mirror_never_fails_the_snapshot_and_is_retried(db: Path, tmp_p
     assert all(row["mirrored_to"] == [str(blocked)] for row in json.loads(r.stdout))
     assert "not yet on the mirror" not in r.stderr
     assert len(SnapshotManager(None, blocked).list()) == 2
+
+
+def test_a_new_remote_mirror_is_encrypted_with_the_password_from_the_environment(
+    db: Path, tmp_path: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 17: mirroring a plain local store creates an encrypted remote store; with no
+    password in the environment the snapshot is taken and the mirroring recorded as failed
+    in one line; with one, the backlog goes up re-sealed, then each new snapshot."""
+    for var in [v for v in os.environ if v.startswith("CHROMASNAP_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("CHROMASNAP_KDF", "fast")
+    url = fresh_url()
+    mgr = SnapshotManager(db, tmp_path / "store", endpoint_url=moto_endpoint)
+    zero = mgr.snapshot()
+    mgr.set_mirror(url)
+    first = mgr.snapshot()
+    assert mgr.last_mirror is not None and mgr.last_mirror.failed is not None
+    assert "no password" in mgr.last_mirror.failed and "\n" not in mgr.last_mirror.failed
+    failed = [e.detail for e in mgr.get(first.id).events if e.kind == MIRROR_FAILED]
+    assert len(failed) == 1 and failed[0].startswith(f"{url}: no password")
+    assert not SnapshotManager(None, url, endpoint_url=moto_endpoint).backend.exists()
+
+    monkeypatch.setenv("CHROMASNAP_MIRROR_PASSWORD", "the mirror's password")
+    done = mgr.mirror()
+    assert done.failed is None and done.mirrored == [zero.id, first.id] and mgr.unmirrored() == []
+    remote = SnapshotManager(None, url, endpoint_url=moto_endpoint, password=lambda: "the mirror's password")
+    assert remote.repo.codec.encrypted
+    copies = remote.list()
+    assert [c.created_at for c in copies] == [zero.created_at, first.created_at]
+    assert copies[1].id != first.id and copies[1].parent == copies[0].id  # re-sealed: keyed ids
+    run_sample("mutate", str(db), "--step", "1", "--fraction", "0.02")
+    second = mgr.snapshot()
+    assert mgr.last_mirror is not None and mgr.last_mirror.failed is None, mgr.last_mirror
+    assert 0 < mgr.last_mirror.bytes_sent < done.bytes_sent / 2  # the new blobs, not the database
+    assert [s.created_at for s in remote.list()] == [zero.created_at, first.created_at, second.created_at]
+    assert all(r.ok for r in remote.verify_many(quick=True))
