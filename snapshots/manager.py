@@ -190,7 +190,7 @@ class SnapshotManager:
 
     def get(self, ref: str) -> Snapshot:
         """The snapshot with this id, unique id prefix, or `latest`."""
-        return self.repo.load_snapshot(self.repo.resolve(ref))
+        return self.repo.load_snapshot(self.repo.resolve(ref), cached=True)
 
     # --- writing ------------------------------------------------------------------
 

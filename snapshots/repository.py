@@ -43,9 +43,10 @@ from chromasnap.manifest import (
 from chromasnap.manifest.io import loads, parse_json
 
 from . import locks
-from .backend import StorageBackend
+from .backend import ObjectInfo, StorageBackend
 from .crypto import CIPHER_NAMES, AuthenticationError, Codec, PlainCodec, SealedCodec
 from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
+from .metacache import MetaCache
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
 from .readahead import WindowReader
 from .workdir import WorkDir
@@ -61,6 +62,8 @@ SNAPSHOT_NAME = re.compile(r"snapshots/([0-9a-f]{64})\.json")
 PasswordSource = Callable[[], str]
 """Gives the store's password when (and only when) an encrypted store is opened; the
 default reads CHROMASNAP_PASSWORD_FILE, _COMMAND, CHROMASNAP_PASSWORD or a terminal."""
+KEYS_FOLDER = "keys"
+"""keys.KEYS_FOLDER, named here so that opening a plain store does not import keys.py."""
 POLICY_NAME = "policy.json"
 """An encrypted store's retention rules, sealed (config.json's stay empty)."""
 
@@ -72,9 +75,7 @@ def _unlock(
 
     A store with key files is encrypted whatever config.json says: a bucket writer who
     removed `encryption` from it must not make the next snapshot write plaintext."""
-    from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
-
-    has_keys = bool(backend.list(keyfiles.KEYS_FOLDER))
+    has_keys = bool(backend.list(KEYS_FOLDER))
     if config.encryption is None:
         if has_keys:
             raise StoreError(
@@ -82,6 +83,7 @@ def _unlock(
                 "encrypted (edited?); refusing to read or write it"
             )
         return PlainCodec(), None, None
+    from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
     from .password import read_password  # a terminal prompt's modules, for a sealed store only
 
     master, key = keyfiles.open_master_key(backend, config.id, (password or read_password)())
@@ -123,6 +125,12 @@ class Repository:
         """Index files (by name) that could not be read whole, and why."""
         self.notes: list[str] = []
         """What the last `snapshots()` ignored without harm (stray names, invalid catalog entries)."""
+        self.cache = MetaCache.of(backend, config.id)
+        """A remote store's local metadata cache (metacache.py); None for a local store."""
+        self._listed: dict[str, ObjectInfo] = {}
+        self._blobs_pruned = False
+        """Snapshot documents and index files as this run's last listing gave them: the
+        metadata cache serves an object only if it is listed here with the entry's size."""
 
     # --- opening ------------------------------------------------------------------
 
@@ -235,9 +243,32 @@ class Repository:
         except (StoreError, ManifestError) as exc:
             self.index_problems[POLICY_NAME] = f"{exc}; the retention rules are unset until `policy set`"
 
-    def _load(self, name: str, max_bytes: int) -> bytes:
-        """A whole document, opened (sealed documents are `overhead` bytes larger)."""
-        return self.codec.open(name, self.backend.load_bounded(name, max_bytes + self.codec.overhead))
+    def _load(self, name: str, max_bytes: int, cached: bool = False) -> bytes:
+        """A whole document, opened (sealed documents are `overhead` bytes larger). `cached`:
+        from the metadata cache if it holds what this run's listing says is in the store."""
+        return self.codec.open(name, self._fetch(name, max_bytes + self.codec.overhead, cached))
+
+    def _fetch(self, name: str, limit: int, cached: bool) -> bytes:
+        """A document's stored bytes (sealed in an encrypted store: the cache holds those)."""
+        cache = self.cache
+        if cache is None or not cache.holds(name):
+            return self.backend.load_bounded(name, limit)
+        listed = self._listed.get(name) if cached else None
+        if listed is not None:
+            raw = cache.get(name, listed, limit)
+            if raw is not None:
+                return raw
+        raw, tag = self.backend.load_tagged(name, limit)
+        cache.put(name, raw, tag)
+        return raw
+
+    def _remember(self, folder: str, listing: list[ObjectInfo]) -> None:
+        """A complete listing of `folder`: what the cache may serve, and what it may drop."""
+        for name in [n for n in self._listed if n.startswith(folder + "/")]:
+            del self._listed[name]
+        self._listed.update((o.name, o) for o in listing)
+        if self.cache is not None:
+            self.cache.prune(folder, {o.name for o in listing})
 
     # --- index --------------------------------------------------------------------
 
@@ -265,7 +296,7 @@ class Repository:
                 if name in self._index_files:
                     continue
                 try:
-                    raw = self._load(name, limits.MAX_INDEX_FILE)
+                    raw = self._load(name, limits.MAX_INDEX_FILE, cached=True)
                 except ObjectNotFound:
                     continue  # removed by another process's gc since the listing
                 except StoreError as exc:
@@ -308,7 +339,9 @@ class Repository:
         return None
 
     def index_files(self) -> list[str]:
-        return [o.name for o in self.backend.list("index")]
+        listing = self.backend.list("index")
+        self._remember("index", listing)
+        return [o.name for o in listing]
 
     def write_index(self, packs: list[PackEntry]) -> str:
         """Durably record where the blobs of `packs` lie, in one new index file named by
@@ -336,14 +369,22 @@ class Repository:
             n = len(self.index_problems)
             refused = f" ({n} index files had entries refused)" if n else ""
             raise StoreError(f"blob {key[:16]} is not in the store's index{refused}")
-        try:
-            body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
-        except StoreError:  # another process's gc may have moved it since the index was read
-            moved = self._moved(key, loc)
-            if moved is None:
-                raise
-            loc = moved
-            body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
+        cache = self.cache if loc.type == "records" else None  # issue 16: diff and find's
+        if cache is not None and not self._blobs_pruned:
+            self._blobs_pruned = True
+            cache.prune_blobs(self.index())  # entries of blobs gc removed since the last run
+        body = cache.get_blob(key, loc.pack, loc.offset, loc.length) if cache else None
+        if body is None:
+            try:
+                body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
+            except StoreError:  # another process's gc may have moved it since the index was read
+                moved = self._moved(key, loc)
+                if moved is None:
+                    raise
+                loc = moved
+                body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
+            if cache is not None:
+                cache.put_blob(key, loc.pack, loc.offset, body)
         try:
             body = self.codec.open(key, body)
         except AuthenticationError as exc:  # worded as verify names a damaged blob
@@ -380,7 +421,9 @@ class Repository:
     def snapshot_ids(self) -> list[str]:
         """Ids of the documents in snapshots/ (only `<64 hex>.json` names: others are noted)."""
         out = []
-        for name in (o.name for o in self.backend.list("snapshots")):
+        listing = self.backend.list("snapshots")
+        self._remember("snapshots", listing)
+        for name in (o.name for o in listing):
             m = SNAPSHOT_NAME.fullmatch(name)
             if m:
                 out.append(m.group(1))
@@ -388,10 +431,12 @@ class Repository:
                 self.notes.append(f"{self.backend.location}/{name} is not a snapshot document name; ignored")
         return out
 
-    def load_snapshot(self, snap_id: str) -> Snapshot:
+    def load_snapshot(self, snap_id: str, cached: bool = False) -> Snapshot:
+        """A snapshot's document; `cached`: from a remote store's metadata cache when it holds
+        the version this run's listing names (never under the store lock: read afresh)."""
         name = f"snapshots/{snap_id}.json"
         try:
-            raw = self._load(name, limits.MAX_SNAPSHOT_DOC)
+            raw = self._load(name, limits.MAX_SNAPSHOT_DOC, cached)
             return load_snapshot(raw, f"{self.backend.location}/{name}", snap_id, self.codec.blob_key)
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
@@ -405,7 +450,7 @@ class Repository:
 
         def one(sid: str) -> Snapshot | str:
             try:
-                return self.load_snapshot(sid)
+                return self.load_snapshot(sid, cached=True)
             except StoreError as exc:
                 return str(exc)
 
@@ -436,9 +481,10 @@ class Repository:
         not snapshot ids are noted and dropped (the next catalog write leaves them out)."""
         where = f"{self.backend.location}/catalog.json"
         try:
-            if not self._has_catalog():
+            try:  # one GET (a HEAD first cost a request per `list` of a remote store)
+                raw = self._load("catalog.json", limits.MAX_CATALOG)
+            except ObjectNotFound:
                 return set(), None
-            raw = self._load("catalog.json", limits.MAX_CATALOG)
             doc = parse_json(raw, where, limits.MAX_CATALOG)
             entries = doc["snapshots"]
             if not isinstance(entries, list):
@@ -453,13 +499,6 @@ class Repository:
                 f"(e.g. {str(invalid[0])[:40]!r}); ignored"
             )
         return ids, None
-
-    def _has_catalog(self) -> bool:
-        try:
-            self.backend.stat("catalog.json")
-            return True
-        except ObjectNotFound:
-            return False
 
     def _write_catalog(self, ids: set[str]) -> None:
         doc = CatalogDoc.model_construct(version=INDEX_VERSION, snapshots=sorted(ids))
@@ -495,15 +534,25 @@ class Repository:
         """Replace a snapshot's document (its mutable fields changed: pinned, verifications,
         events); the caller holds the store lock."""
         name = f"snapshots/{snap.id}.json"
-        self.backend.save(name, self.codec.seal(name, dumps(snap)))
+        body = self.codec.seal(name, dumps(snap))
+        tag = self.backend.save(name, body)
+        self._saved(name, body, tag)
+
+    def _saved(self, name: str, body: bytes, tag: str) -> None:
+        """A document this process wrote: cached with the write's ETag, and served from the
+        cache again only after a new listing names that version."""
+        self._listed.pop(name, None)
+        if self.cache is not None:
+            self.cache.put(name, body, tag or None)
 
     def create_snapshot(self, snap: Snapshot) -> None:
         """Write a new snapshot's document (named by its content's hash), then list it in
         the catalog; the caller holds the store lock."""
         name = f"snapshots/{snap.id}.json"
         locks.check_lease(self.backend)  # issue 16: a remote store's lease must still be ours
+        body = self.codec.seal(name, dumps(snap))
         with contextlib.suppress(ObjectExists):  # the same document, named by its hash
-            self.backend.save(name, self.codec.seal(name, dumps(snap)), create_only=True)
+            self._saved(name, body, self.backend.save(name, body, create_only=True))
         self.catalog_add(snap.id)
 
     def update_snapshot(self, snap_id: str, change: Callable[[Snapshot], None]) -> Snapshot:
