@@ -204,8 +204,9 @@ class MetaCache:
             os.close(fd)
         data = b"".join(chunks)
         entry = _parse(data, bound)
-        if entry is None:
+        if entry is None or len(entry[1]) > limit:
             self._discard(sub, fname)
+            return None
         return entry
 
     def _write(self, sub: str, fname: str, header: dict[str, object], body: bytes) -> None:
@@ -219,9 +220,7 @@ class MetaCache:
         try:
             fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=dfd)
             try:
-                view = memoryview(MAGIC + head + b"\n" + body)
-                while view:
-                    view = view[os.write(fd, view) :]
+                _write_all(fd, MAGIC + head + b"\n" + body)
             finally:
                 os.close(fd)
             os.replace(tmp, fname, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -365,6 +364,13 @@ class MetaCache:
             return os.listdir(dfd)
         except OSError:
             return []
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte of `data` to `fd` (the seam where tests inject ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _parse(data: bytes, bound: int) -> tuple[dict[str, object], bytes] | None:
