@@ -45,7 +45,14 @@ from chromasnap.manifest.io import loads, parse_json
 from . import locks
 from .backend import ObjectInfo, StorageBackend
 from .crypto import CIPHER_NAMES, AuthenticationError, Codec, PlainCodec, SealedCodec
-from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
+from .errors import (
+    ObjectExists,
+    ObjectNotFound,
+    PreconditionFailed,
+    SnapshotNotFound,
+    StoreError,
+    UsageError,
+)
 from .metacache import MetaCache
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
 from .readahead import WindowReader
@@ -479,18 +486,31 @@ class Repository:
     def catalog(self) -> tuple[set[str], str | None]:
         """The catalog's snapshot ids, and why it is unreadable if it is. Entries that are
         not snapshot ids are noted and dropped (the next catalog write leaves them out)."""
+        ids, trouble, _tag = self._read_catalog(versioned=False)
+        return ids, trouble
+
+    def _read_catalog(self, versioned: bool) -> tuple[set[str], str | None, str | None]:
+        """(ids, why unreadable, version tag of what was read: "" when there is no catalog,
+        None when unknown or not `versioned`)."""
         where = f"{self.backend.location}/catalog.json"
+        tag: str | None = None
         try:
             try:  # one GET (a HEAD first cost a request per `list` of a remote store)
-                raw = self._load("catalog.json", limits.MAX_CATALOG)
+                if versioned:
+                    sealed, tag = self.backend.load_tagged(
+                        "catalog.json", limits.MAX_CATALOG + self.codec.overhead
+                    )
+                    raw = self.codec.open("catalog.json", sealed)
+                else:
+                    raw = self._load("catalog.json", limits.MAX_CATALOG)
             except ObjectNotFound:
-                return set(), None
+                return set(), None, ""
             doc = parse_json(raw, where, limits.MAX_CATALOG)
             entries = doc["snapshots"]
             if not isinstance(entries, list):
                 raise TypeError("snapshots is not a list")
         except (StoreError, ManifestError, KeyError, TypeError) as exc:
-            return set(), f"{where} is unreadable ({exc}); ignored"
+            return set(), f"{where} is unreadable ({exc}); ignored", tag
         ids = {e for e in entries if isinstance(e, str) and HEX64.fullmatch(e)}
         invalid = [e for e in entries if not (isinstance(e, str) and HEX64.fullmatch(e))]
         if invalid:
@@ -498,19 +518,41 @@ class Repository:
                 f"{where}: {len(invalid)} entries are not snapshot ids "
                 f"(e.g. {str(invalid[0])[:40]!r}); ignored"
             )
-        return ids, None
+        return ids, None, tag
 
-    def _write_catalog(self, ids: set[str]) -> None:
-        doc = CatalogDoc.model_construct(version=INDEX_VERSION, snapshots=sorted(ids))
-        self.backend.save("catalog.json", self.codec.seal("catalog.json", doc.to_json()))
+    def _update_catalog(self, change: Callable[[set[str]], set[str]]) -> None:
+        """Read the catalog, `change` its ids, write it back (the caller holds the store lock).
+
+        On a remote store the write is a compare-and-swap (If-Match the ETag read, or
+        If-None-Match when there was none): a writer whose lease lapsed unnoticed, or one
+        under `--no-cas` lock objects, cannot silently drop another's entry; the loser reads
+        again and merges. A server that ignores conditional writes (`--no-cas`) gets a plain
+        replace, as a local store (its flock already excludes every other writer)."""
+        cas = not self.backend.is_local and not self.backend.no_cas
+        for _attempt in range(5):
+            ids, _trouble, tag = self._read_catalog(versioned=cas)
+            doc = CatalogDoc.model_construct(version=INDEX_VERSION, snapshots=sorted(change(ids)))
+            body = self.codec.seal("catalog.json", doc.to_json())
+            try:
+                if not cas or tag is None:
+                    self.backend.save("catalog.json", body)
+                elif tag == "":
+                    self.backend.save("catalog.json", body, create_only=True)
+                else:
+                    self.backend.save("catalog.json", body, if_match=tag)
+                return
+            except (ObjectExists, PreconditionFailed):
+                continue  # another writer changed it between our read and write: merge again
+        raise StoreError(
+            f"{self.backend.location}/catalog.json kept changing while this run updated it "
+            "(another writer without the store lock?)"
+        )
 
     def catalog_add(self, snap_id: str) -> None:
-        ids, _ = self.catalog()
-        self._write_catalog(ids | {snap_id} | set(self.snapshot_ids()))
+        self._update_catalog(lambda ids: ids | {snap_id} | set(self.snapshot_ids()))
 
     def catalog_remove(self, snap_ids: set[str]) -> None:
-        ids, _ = self.catalog()
-        self._write_catalog((ids | set(self.snapshot_ids())) - snap_ids)
+        self._update_catalog(lambda ids: (ids | set(self.snapshot_ids())) - snap_ids)
 
     def resolve(self, ref: str) -> str:
         """Full id from a unique prefix (at least 4 digits) or `latest`."""

@@ -164,6 +164,35 @@ def test_export_and_restore_collection_round_trip_on_s3(db: Path, tmp_path: Path
     assert after["configuration"] == before["configuration"]
 
 
+def test_catalog_updates_are_compare_and_swap_on_s3(moto_endpoint: str) -> None:
+    """Another writer replacing catalog.json between this one's read and write (injected at
+    `snapshot_ids`, which the update calls between the two: the instant cannot be hit
+    otherwise) makes the conditional write fail with 412; the update reads again and merges,
+    so neither entry is lost (a plain replace dropped the other writer's)."""
+    from chromasnap.snapshots.repository import Repository
+    from chromasnap.snapshots.stores import open_store
+
+    url = fresh_url()
+    repo = Repository.create(open_store(url, endpoint_url=moto_endpoint))
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    repo.catalog_add(a)  # no catalog yet: created with If-None-Match
+    assert repo.catalog() == ({a}, None)
+    real = repo.snapshot_ids
+    raced: list[int] = []
+
+    def racing() -> list[str]:
+        if not raced:
+            raced.append(1)
+            Repository.open(open_store(url, endpoint_url=moto_endpoint)).catalog_add(c)
+        return real()
+
+    repo.snapshot_ids = racing  # type: ignore[method-assign]
+    repo.catalog_add(b)
+    assert raced and repo.catalog() == ({a, b, c}, None)
+    repo.catalog_remove({a})
+    assert repo.catalog() == ({b, c}, None)
+
+
 def test_python_api_and_the_environment(db: Path, tmp_path: Path, moto_endpoint: str) -> None:
     """CHROMASNAP_STORE and AWS_ENDPOINT_URL name the store; the API takes the URL too."""
     url = fresh_url()
