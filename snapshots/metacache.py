@@ -164,11 +164,18 @@ class MetaCache:
         self._off = True
 
     def close(self) -> None:
+        """Close the folder descriptors (also when the cache is collected: a long-lived
+        manager opens a Repository, and so a cache, per operation)."""
         with self._lock:
             for fd in self._fds.values():
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._fds.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            for fd in self._fds.values():
+                os.close(fd)
 
     # --- entries ----------------------------------------------------------------------
 

@@ -267,6 +267,19 @@ def test_cache_entries_are_bounded_reads_of_regular_files(tmp_path: Path) -> Non
     cache.prune("index", set())
     assert list((tmp_path / "meta-x" / "index").iterdir()) == []
 
+    # a cache folder others can write is not used (its entries could be anyone's)
+    shared = tmp_path / "meta-shared"
+    shared.mkdir(mode=0o700)
+    shared.chmod(0o777)
+    other = MetaCache(shared)
+    other.put(idx, b"x" * 50, None)
+    assert other.get(idx, ObjectInfo(idx, 50), 100) is None and list(shared.iterdir()) == []
+    # nor one reached through a symlink
+    (tmp_path / "meta-link").symlink_to(tmp_path / "meta-x")
+    linked = MetaCache(tmp_path / "meta-link")
+    linked.put(idx, b"y" * 50, None)
+    assert linked.get(idx, ObjectInfo(idx, 50), 100) is None
+
 
 def test_cli_no_cache_and_a_warm_cli_list(
     store3: tuple[str, list[str]], moto_endpoint: str, cache_home: Path
