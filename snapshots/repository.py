@@ -135,9 +135,9 @@ class Repository:
         self.cache = MetaCache.of(backend, config.id)
         """A remote store's local metadata cache (metacache.py); None for a local store."""
         self._listed: dict[str, ObjectInfo] = {}
-        self._blobs_pruned = False
         """Snapshot documents and index files as this run's last listing gave them: the
         metadata cache serves an object only if it is listed here with the entry's size."""
+        self._blobs_pruned = False
 
     # --- opening ------------------------------------------------------------------
 
@@ -440,7 +440,7 @@ class Repository:
 
     def load_snapshot(self, snap_id: str, cached: bool = False) -> Snapshot:
         """A snapshot's document; `cached`: from a remote store's metadata cache when it holds
-        the version this run's listing names (never under the store lock: read afresh)."""
+        the version this run's last listing names (`update_snapshot` reads afresh)."""
         name = f"snapshots/{snap_id}.json"
         try:
             raw = self._load(name, limits.MAX_SNAPSHOT_DOC, cached)
@@ -524,10 +524,10 @@ class Repository:
         """Read the catalog, `change` its ids, write it back (the caller holds the store lock).
 
         On a remote store the write is a compare-and-swap (If-Match the ETag read, or
-        If-None-Match when there was none): a writer whose lease lapsed unnoticed, or one
-        under `--no-cas` lock objects, cannot silently drop another's entry; the loser reads
-        again and merges. A server that ignores conditional writes (`--no-cas`) gets a plain
-        replace, as a local store (its flock already excludes every other writer)."""
+        If-None-Match when there was none): a writer whose lease lapsed unnoticed cannot
+        silently drop another's entry; the loser reads again and merges. Under `--no-cas`
+        (a server that ignores conditional headers) and on a local store (its flock excludes
+        every other writer) the catalog is replaced as before."""
         cas = not self.backend.is_local and not self.backend.no_cas
         for _attempt in range(5):
             ids, _trouble, tag = self._read_catalog(versioned=cas)
