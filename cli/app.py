@@ -75,9 +75,22 @@ def remote_options(
             show_default=False,
         ),
     ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache",
+            envvar="CHROMASNAP_NO_CACHE",
+            help="Read a remote store's documents from the store, not the local metadata cache "
+            "(in $XDG_CACHE_HOME/chromasnap).",
+        ),
+    ] = False,
 ) -> None:
     """Options for remote stores, given before the command: chromasnap --endpoint-url URL list ..."""
     REMOTE.update(endpoint_url=endpoint_url, no_cas=no_cas or None, connections=connections)
+    if no_cache:  # every store this run opens (a mirror, copy's two sides): metacache.py reads it
+        import os
+
+        os.environ["CHROMASNAP_NO_CACHE"] = "1"
 
 
 app.command("snapshot")(snapshot_cmd)

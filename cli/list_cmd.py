@@ -41,7 +41,7 @@ def list_cmd(
         typer.echo(f"warning: {shown(problem)}", err=True)
     mirror = mgr.policy().mirror if snaps else None
     if mirror:
-        behind = len(mgr.unmirrored())
+        behind = len(mgr.unmirrored(snaps))  # not a second listing of the store
         if behind:
             typer.echo(
                 f"warning: {behind} snapshots are not yet on the mirror {shown(mirror)} "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import StoreError
@@ -39,10 +39,12 @@ def allow_foreign_owner_default() -> bool:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One object of a listing: its store name and size in bytes."""
+    """One object of a listing: its store name, size in bytes and, where the listing gives
+    one (S3), its ETag (the metadata cache checks entries against both; not compared)."""
 
     name: str
     size: int
+    etag: str | None = field(default=None, compare=False)
 
 
 class StorageBackend(ABC):
@@ -113,6 +115,11 @@ class StorageBackend(ABC):
                 if "truncated" not in str(exc):
                     raise
         raise StoreError(f"{name} in store {self.location} kept changing while being read")
+
+    def load_tagged(self, name: str, limit: int) -> tuple[bytes, str | None]:
+        """`load_bounded`, and the version tag of the bytes returned when the same response
+        gives it (S3's ETag: the metadata cache records it), else None."""
+        return self.load_bounded(name, limit), None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and cached resources."""

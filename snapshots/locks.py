@@ -24,14 +24,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chromasnap.manifest import LockOwner, ManifestError, limits
 from chromasnap.manifest.io import parse_json
 
-from . import lease
 from .backend import StorageBackend, lock_timeout
 from .errors import LockTimeout, StoreError, WriterBusy
 from .local_backend import LocalBackend
+
+if TYPE_CHECKING:
+    from . import lease
 
 STORE_LOCK = "lock"
 OWNER = "lock.owner"
@@ -81,6 +84,8 @@ def _lease(backend: StorageBackend, wait: float) -> Iterator[None]:
         if held is not None:
             held.depth += 1
     if held is None:
+        from . import lease  # a remote store's writers only: not on `list`'s import path
+
         lock = lease.store_lock(backend, no_cas=backend.no_cas)
         lock.acquire(wait)
         with _HELD_LOCK:

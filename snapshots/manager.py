@@ -195,7 +195,7 @@ class SnapshotManager:
 
     def get(self, ref: str) -> Snapshot:
         """The snapshot with this id, unique id prefix, or `latest`."""
-        return self.repo.load_snapshot(self.repo.resolve(ref))
+        return self.repo.load_snapshot(self.repo.resolve(ref), cached=True)
 
     # --- writing ------------------------------------------------------------------
 
@@ -505,10 +505,13 @@ class SnapshotManager:
         policy.mirror = mirror.check_url(url) if url else None
         return self.set_policy(policy)
 
-    def unmirrored(self) -> builtins.list[Snapshot]:
-        """Snapshots not yet copied to the mirror (none when no mirror is set)."""
+    def unmirrored(self, snaps: builtins.list[Snapshot] | None = None) -> builtins.list[Snapshot]:
+        """Snapshots not yet copied to the mirror (none when no mirror is set), among `snaps`
+        (a `list()` just made: not listed again) or every snapshot."""
         url = self.policy().mirror if self.backend.exists() else None
-        return mirror.unmirrored(self.list(), url) if url else []
+        if not url:
+            return []
+        return mirror.unmirrored(self.list() if snaps is None else snaps, url)
 
     def mirror(self) -> MirrorResult:
         """Copy every snapshot not yet on the mirror (the backlog of failed mirrorings)."""

@@ -43,9 +43,17 @@ from chromasnap.manifest import (
 from chromasnap.manifest.io import loads, parse_json
 
 from . import locks
-from .backend import StorageBackend
+from .backend import ObjectInfo, StorageBackend
 from .crypto import CIPHER_NAMES, AuthenticationError, Codec, PlainCodec, SealedCodec
-from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
+from .errors import (
+    ObjectExists,
+    ObjectNotFound,
+    PreconditionFailed,
+    SnapshotNotFound,
+    StoreError,
+    UsageError,
+)
+from .metacache import MetaCache
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
 from .readahead import WindowReader
 from .workdir import WorkDir
@@ -61,6 +69,8 @@ SNAPSHOT_NAME = re.compile(r"snapshots/([0-9a-f]{64})\.json")
 PasswordSource = Callable[[], str]
 """Gives the store's password when (and only when) an encrypted store is opened; the
 default reads CHROMASNAP_PASSWORD_FILE, _COMMAND, CHROMASNAP_PASSWORD or a terminal."""
+KEYS_FOLDER = "keys"
+"""keys.KEYS_FOLDER, named here so that opening a plain store does not import keys.py."""
 POLICY_NAME = "policy.json"
 """An encrypted store's retention rules, sealed (config.json's stay empty)."""
 
@@ -72,9 +82,7 @@ def _unlock(
 
     A store with key files is encrypted whatever config.json says: a bucket writer who
     removed `encryption` from it must not make the next snapshot write plaintext."""
-    from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
-
-    has_keys = bool(backend.list(keyfiles.KEYS_FOLDER))
+    has_keys = bool(backend.list(KEYS_FOLDER))
     if config.encryption is None:
         if has_keys:
             raise StoreError(
@@ -82,6 +90,7 @@ def _unlock(
                 "encrypted (edited?); refusing to read or write it"
             )
         return PlainCodec(), None, None
+    from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
     from .password import read_password  # a terminal prompt's modules, for a sealed store only
 
     master, key = keyfiles.open_master_key(backend, config.id, (password or read_password)())
@@ -123,6 +132,12 @@ class Repository:
         """Index files (by name) that could not be read whole, and why."""
         self.notes: list[str] = []
         """What the last `snapshots()` ignored without harm (stray names, invalid catalog entries)."""
+        self.cache = MetaCache.of(backend, config.id)
+        """A remote store's local metadata cache (metacache.py); None for a local store."""
+        self._listed: dict[str, ObjectInfo] = {}
+        """Snapshot documents and index files as this run's last listing gave them: the
+        metadata cache serves an object only if it is listed here with the entry's size."""
+        self._blobs_pruned = False
 
     # --- opening ------------------------------------------------------------------
 
@@ -247,9 +262,32 @@ class Repository:
         except (StoreError, ManifestError) as exc:
             self.index_problems[POLICY_NAME] = f"{exc}; the retention rules are unset until `policy set`"
 
-    def _load(self, name: str, max_bytes: int) -> bytes:
-        """A whole document, opened (sealed documents are `overhead` bytes larger)."""
-        return self.codec.open(name, self.backend.load_bounded(name, max_bytes + self.codec.overhead))
+    def _load(self, name: str, max_bytes: int, cached: bool = False) -> bytes:
+        """A whole document, opened (sealed documents are `overhead` bytes larger). `cached`:
+        from the metadata cache if it holds what this run's listing says is in the store."""
+        return self.codec.open(name, self._fetch(name, max_bytes + self.codec.overhead, cached))
+
+    def _fetch(self, name: str, limit: int, cached: bool) -> bytes:
+        """A document's stored bytes (sealed in an encrypted store: the cache holds those)."""
+        cache = self.cache
+        if cache is None or not cache.holds(name):
+            return self.backend.load_bounded(name, limit)
+        listed = self._listed.get(name) if cached else None
+        if listed is not None:
+            raw = cache.get(name, listed, limit)
+            if raw is not None:
+                return raw
+        raw, tag = self.backend.load_tagged(name, limit)
+        cache.put(name, raw, tag)
+        return raw
+
+    def _remember(self, folder: str, listing: list[ObjectInfo]) -> None:
+        """A complete listing of `folder`: what the cache may serve, and what it may drop."""
+        for name in [n for n in self._listed if n.startswith(folder + "/")]:
+            del self._listed[name]
+        self._listed.update((o.name, o) for o in listing)
+        if self.cache is not None:
+            self.cache.prune(folder, {o.name for o in listing})
 
     # --- index --------------------------------------------------------------------
 
@@ -277,7 +315,7 @@ class Repository:
                 if name in self._index_files:
                     continue
                 try:
-                    raw = self._load(name, limits.MAX_INDEX_FILE)
+                    raw = self._load(name, limits.MAX_INDEX_FILE, cached=True)
                 except ObjectNotFound:
                     continue  # removed by another process's gc since the listing
                 except StoreError as exc:
@@ -320,7 +358,9 @@ class Repository:
         return None
 
     def index_files(self) -> list[str]:
-        return [o.name for o in self.backend.list("index")]
+        listing = self.backend.list("index")
+        self._remember("index", listing)
+        return [o.name for o in listing]
 
     def write_index(self, packs: list[PackEntry]) -> str:
         """Durably record where the blobs of `packs` lie, in one new index file named by
@@ -348,14 +388,22 @@ class Repository:
             n = len(self.index_problems)
             refused = f" ({n} index files had entries refused)" if n else ""
             raise StoreError(f"blob {key[:16]} is not in the store's index{refused}")
-        try:
-            body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
-        except StoreError:  # another process's gc may have moved it since the index was read
-            moved = self._moved(key, loc)
-            if moved is None:
-                raise
-            loc = moved
-            body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
+        cache = self.cache if loc.type == "records" else None  # issue 16: diff and find's
+        if cache is not None and not self._blobs_pruned:
+            self._blobs_pruned = True
+            cache.prune_blobs(self.index())  # entries of blobs gc removed since the last run
+        body = cache.get_blob(key, loc.pack, loc.offset, loc.length) if cache else None
+        if body is None:
+            try:
+                body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
+            except StoreError:  # another process's gc may have moved it since the index was read
+                moved = self._moved(key, loc)
+                if moved is None:
+                    raise
+                loc = moved
+                body = self._load_pack(pack_name(loc.pack), loc.offset, loc.length)
+            if cache is not None:
+                cache.put_blob(key, loc.pack, loc.offset, body)
         try:
             body = self.codec.open(key, body)
         except AuthenticationError as exc:  # worded as verify names a damaged blob
@@ -392,7 +440,9 @@ class Repository:
     def snapshot_ids(self) -> list[str]:
         """Ids of the documents in snapshots/ (only `<64 hex>.json` names: others are noted)."""
         out = []
-        for name in (o.name for o in self.backend.list("snapshots")):
+        listing = self.backend.list("snapshots")
+        self._remember("snapshots", listing)
+        for name in (o.name for o in listing):
             m = SNAPSHOT_NAME.fullmatch(name)
             if m:
                 out.append(m.group(1))
@@ -400,10 +450,12 @@ class Repository:
                 self.notes.append(f"{self.backend.location}/{name} is not a snapshot document name; ignored")
         return out
 
-    def load_snapshot(self, snap_id: str) -> Snapshot:
+    def load_snapshot(self, snap_id: str, cached: bool = False) -> Snapshot:
+        """A snapshot's document; `cached`: from a remote store's metadata cache when it holds
+        the version this run's last listing names (`update_snapshot` reads afresh)."""
         name = f"snapshots/{snap_id}.json"
         try:
-            raw = self._load(name, limits.MAX_SNAPSHOT_DOC)
+            raw = self._load(name, limits.MAX_SNAPSHOT_DOC, cached)
             return load_snapshot(raw, f"{self.backend.location}/{name}", snap_id, self.codec.blob_key)
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
@@ -417,7 +469,7 @@ class Repository:
 
         def one(sid: str) -> Snapshot | str:
             try:
-                return self.load_snapshot(sid)
+                return self.load_snapshot(sid, cached=True)
             except StoreError as exc:
                 return str(exc)
 
@@ -446,17 +498,31 @@ class Repository:
     def catalog(self) -> tuple[set[str], str | None]:
         """The catalog's snapshot ids, and why it is unreadable if it is. Entries that are
         not snapshot ids are noted and dropped (the next catalog write leaves them out)."""
+        ids, trouble, _tag = self._read_catalog(versioned=False)
+        return ids, trouble
+
+    def _read_catalog(self, versioned: bool) -> tuple[set[str], str | None, str | None]:
+        """(ids, why unreadable, version tag of what was read: "" when there is no catalog,
+        None when unknown or not `versioned`)."""
         where = f"{self.backend.location}/catalog.json"
+        tag: str | None = None
         try:
-            if not self._has_catalog():
-                return set(), None
-            raw = self._load("catalog.json", limits.MAX_CATALOG)
+            try:  # one GET (a HEAD first cost a request per `list` of a remote store)
+                if versioned:
+                    sealed, tag = self.backend.load_tagged(
+                        "catalog.json", limits.MAX_CATALOG + self.codec.overhead
+                    )
+                    raw = self.codec.open("catalog.json", sealed)
+                else:
+                    raw = self._load("catalog.json", limits.MAX_CATALOG)
+            except ObjectNotFound:
+                return set(), None, ""
             doc = parse_json(raw, where, limits.MAX_CATALOG)
             entries = doc["snapshots"]
             if not isinstance(entries, list):
                 raise TypeError("snapshots is not a list")
         except (StoreError, ManifestError, KeyError, TypeError) as exc:
-            return set(), f"{where} is unreadable ({exc}); ignored"
+            return set(), f"{where} is unreadable ({exc}); ignored", tag
         ids = {e for e in entries if isinstance(e, str) and HEX64.fullmatch(e)}
         invalid = [e for e in entries if not (isinstance(e, str) and HEX64.fullmatch(e))]
         if invalid:
@@ -464,26 +530,41 @@ class Repository:
                 f"{where}: {len(invalid)} entries are not snapshot ids "
                 f"(e.g. {str(invalid[0])[:40]!r}); ignored"
             )
-        return ids, None
+        return ids, None, tag
 
-    def _has_catalog(self) -> bool:
-        try:
-            self.backend.stat("catalog.json")
-            return True
-        except ObjectNotFound:
-            return False
+    def _update_catalog(self, change: Callable[[set[str]], set[str]]) -> None:
+        """Read the catalog, `change` its ids, write it back (the caller holds the store lock).
 
-    def _write_catalog(self, ids: set[str]) -> None:
-        doc = CatalogDoc.model_construct(version=INDEX_VERSION, snapshots=sorted(ids))
-        self.backend.save("catalog.json", self.codec.seal("catalog.json", doc.to_json()))
+        On a remote store the write is a compare-and-swap (If-Match the ETag read, or
+        If-None-Match when there was none): a writer whose lease lapsed unnoticed cannot
+        silently drop another's entry; the loser reads again and merges. Under `--no-cas`
+        (a server that ignores conditional headers) and on a local store (its flock excludes
+        every other writer) the catalog is replaced as before."""
+        cas = not self.backend.is_local and not self.backend.no_cas
+        for _attempt in range(5):
+            ids, _trouble, tag = self._read_catalog(versioned=cas)
+            doc = CatalogDoc.model_construct(version=INDEX_VERSION, snapshots=sorted(change(ids)))
+            body = self.codec.seal("catalog.json", doc.to_json())
+            try:
+                if not cas or tag is None:
+                    self.backend.save("catalog.json", body)
+                elif tag == "":
+                    self.backend.save("catalog.json", body, create_only=True)
+                else:
+                    self.backend.save("catalog.json", body, if_match=tag)
+                return
+            except (ObjectExists, PreconditionFailed):
+                continue  # another writer changed it between our read and write: merge again
+        raise StoreError(
+            f"{self.backend.location}/catalog.json kept changing while this run updated it "
+            "(another writer without the store lock?)"
+        )
 
     def catalog_add(self, snap_id: str) -> None:
-        ids, _ = self.catalog()
-        self._write_catalog(ids | {snap_id} | set(self.snapshot_ids()))
+        self._update_catalog(lambda ids: ids | {snap_id} | set(self.snapshot_ids()))
 
     def catalog_remove(self, snap_ids: set[str]) -> None:
-        ids, _ = self.catalog()
-        self._write_catalog((ids | set(self.snapshot_ids())) - snap_ids)
+        self._update_catalog(lambda ids: (ids | set(self.snapshot_ids())) - snap_ids)
 
     def resolve(self, ref: str) -> str:
         """Full id from a unique prefix (at least 4 digits) or `latest`."""
@@ -507,15 +588,25 @@ class Repository:
         """Replace a snapshot's document (its mutable fields changed: pinned, verifications,
         events); the caller holds the store lock."""
         name = f"snapshots/{snap.id}.json"
-        self.backend.save(name, self.codec.seal(name, dumps(snap)))
+        body = self.codec.seal(name, dumps(snap))
+        tag = self.backend.save(name, body)
+        self._saved(name, body, tag)
+
+    def _saved(self, name: str, body: bytes, tag: str) -> None:
+        """A document this process wrote: cached with the write's ETag, and served from the
+        cache again only after a new listing names that version."""
+        self._listed.pop(name, None)
+        if self.cache is not None:
+            self.cache.put(name, body, tag or None)
 
     def create_snapshot(self, snap: Snapshot) -> None:
         """Write a new snapshot's document (named by its content's hash), then list it in
         the catalog; the caller holds the store lock."""
         name = f"snapshots/{snap.id}.json"
         locks.check_lease(self.backend)  # issue 16: a remote store's lease must still be ours
+        body = self.codec.seal(name, dumps(snap))
         with contextlib.suppress(ObjectExists):  # the same document, named by its hash
-            self.backend.save(name, self.codec.seal(name, dumps(snap)), create_only=True)
+            self._saved(name, body, self.backend.save(name, body, create_only=True))
         self.catalog_add(snap.id)
 
     def update_snapshot(self, snap_id: str, change: Callable[[Snapshot], None]) -> Snapshot:

@@ -119,6 +119,9 @@ class RetryingBackend(StorageBackend):
     def load_bounded(self, name: str, limit: int) -> bytes:
         return self._run(lambda: self.inner.load_bounded(name, limit))
 
+    def load_tagged(self, name: str, limit: int) -> tuple[bytes, str | None]:
+        return self._run(lambda: self.inner.load_tagged(name, limit))
+
     def load_versioned(self, name: str) -> tuple[bytes, str]:
         return self._run(lambda: self.inner.load_versioned(name))
 

@@ -1,8 +1,8 @@
-"""A store in S3-compatible object storage (AWS S3, R2, Ceph RGW, MinIO, B2), through boto3.
+"""A store in S3-compatible object storage (AWS S3, R2, Ceph RGW, MinIO, B2), through boto3's botocore.
 
 `s3://bucket/prefix` names the store; credentials and region come from the standard AWS
 chain (environment, shared config and profiles, instance roles), the endpoint from
-`endpoint_url` or `AWS_ENDPOINT_URL(_S3)`. boto3 is imported when an S3Backend is made,
+`endpoint_url` or `AWS_ENDPOINT_URL(_S3)`. botocore is imported when an S3Backend is made,
 never by importing this module, so commands on a local store do not pay for it.
 
 Each call is one attempt: botocore's own retries are off and `RetryingBackend` retries
@@ -109,20 +109,23 @@ _sessions_lock = threading.Lock()
 
 
 def _session(profile: str | None) -> Any:
-    """A boto3 Session shared by the backends of one process (a new one loads the S3 model
+    """A botocore Session shared by the backends of one process (a new one loads the S3 model
     again, ~0.6 s), keyed by the profile and a hash of the AWS environment, so that changed
-    credentials get a session of their own."""
+    credentials get a session of their own. boto3's own Session only wraps this one, and
+    importing it (with s3transfer) cost `list` about 0.2 s of start-up for nothing used."""
     import hashlib
 
-    import boto3
     import botocore.exceptions
+    import botocore.session
 
     env = "\0".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("AWS_"))
     key = (profile, hashlib.sha256(env.encode()).hexdigest())
     with _sessions_lock:
         if key not in _sessions:
             try:
-                _sessions[key] = boto3.session.Session(profile_name=profile)
+                session = botocore.session.Session(profile=profile)
+                session.get_scoped_config()  # a missing profile is refused here
+                _sessions[key] = session
             except botocore.exceptions.ProfileNotFound:
                 raise UsageError(f"AWS profile {profile!r} is not in the shared config") from None
         return _sessions[key]
@@ -179,7 +182,7 @@ class S3Backend(StorageBackend):
 
         self._exc = botocore.exceptions
         session = _session(profile)
-        if region is None and session.region_name is None and endpoint:
+        if region is None and session.get_config_variable("region") is None and endpoint:
             region = "us-east-1"  # S3-compatible servers mostly ignore it, but signing needs one
         config = botocore.config.Config(
             connect_timeout=connect_timeout,
@@ -195,8 +198,8 @@ class S3Backend(StorageBackend):
             s3={"addressing_style": "path"} if endpoint else {},
         )
         try:
-            with _sessions_lock:  # a boto3 Session is not thread-safe; its clients are
-                self._client: Any = session.client(
+            with _sessions_lock:  # a botocore Session is not thread-safe; its clients are
+                self._client: Any = session.create_client(
                     "s3", endpoint_url=endpoint, region_name=region, config=config
                 )
         except ValueError:  # botocore's "Invalid endpoint: <url>" would repeat the URL whole
@@ -204,6 +207,7 @@ class S3Backend(StorageBackend):
         self._parts: ThreadPoolExecutor | None = None
         self._parts_lock = threading.Lock()
         self._bucket_ok = False
+        self._seen_config = False
 
     # --- names and errors -----------------------------------------------------------
 
@@ -325,6 +329,10 @@ class S3Backend(StorageBackend):
     # --- the contract ---------------------------------------------------------------
 
     def exists(self) -> bool:
+        """One HEAD of config.json; once seen, not asked again by this backend (a command
+        asks several times, and a store is not uncreated under a running command)."""
+        if self._seen_config:
+            return True
         try:
             self._call(
                 "read",
@@ -335,6 +343,7 @@ class S3Backend(StorageBackend):
             )
         except (ObjectNotFound, _NoBucket):
             return False
+        self._seen_config = True
         return True
 
     def create(self) -> None:
@@ -490,14 +499,17 @@ class S3Backend(StorageBackend):
     def load_bounded(self, name: str, limit: int) -> bytes:
         """One GET of at most `limit` + 1 bytes (the contract's default stats first: two
         requests per document, which a `list` of a remote store pays per snapshot)."""
+        return self.load_tagged(name, limit)[0]
+
+    def load_tagged(self, name: str, limit: int) -> tuple[bytes, str | None]:
         kwargs = {"Bucket": self.bucket, "Key": self._key(name), "Range": f"bytes=0-{limit}"}
         try:
-            data, _tag = self._get(name, kwargs)
+            data, tag = self._get(name, kwargs)
         except _PastTheEnd:
-            return b""  # an empty object: S3 answers 416 to any range of it
+            return b"", None  # an empty object: S3 answers 416 to any range of it
         if len(data) > limit:
             raise too_big(name, self.location, self.stat(name), limit)
-        return data
+        return data, tag or None
 
     def load_versioned(self, name: str) -> tuple[bytes, str]:
         return self._get(name, {"Bucket": self.bucket, "Key": self._key(name)})
@@ -536,7 +548,8 @@ class S3Backend(StorageBackend):
                     continue
                 if name.rsplit("/", 1)[-1].startswith("."):
                     continue  # like the local store: dot-names are never the store's objects
-                out.append(ObjectInfo(name, int(item.get("Size", 0))))
+                tag = item.get("ETag")
+                out.append(ObjectInfo(name, int(item.get("Size", 0)), str(tag) if tag else None))
             if not page.get("IsTruncated"):
                 break
             token = page.get("NextContinuationToken")
@@ -546,6 +559,8 @@ class S3Backend(StorageBackend):
         return out
 
     def remove(self, name: str) -> None:
+        if name == "config.json":
+            self._seen_config = False
         self._call("remove", name, self._client.delete_object, Bucket=self.bucket, Key=self._key(name))
 
     def abort_stale_uploads(self) -> int:

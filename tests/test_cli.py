@@ -98,8 +98,12 @@ def test_list_does_not_import_chromadb(db: Path) -> None:
         "try:\n    runpy.run_module('chromasnap.cli', run_name='__main__')\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
         "print(sorted(m for m in ('chromadb', 'numpy', 'onnxruntime') if m in sys.modules))\n"
+        # nor, for a plain local store, what only remote or encrypted stores need (issue 16)
+        "print(sorted(m for m in ('boto3', 'botocore', 'argon2', 'cryptography',\n"
+        "    'chromasnap.snapshots.keys', 'chromasnap.snapshots.lease') if m in sys.modules))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip().splitlines()[-2] == "[]"
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 

@@ -637,3 +637,10 @@ def test_prompt_on_a_real_terminal_does_not_echo() -> None:
         os.close(fd)
     assert b"mismatch" not in seen and b"tty secret" not in seen  # never echoed
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_repository_names_the_key_folder_as_keys_does() -> None:
+    """repository.py spells `keys` itself so that opening a plain store imports no keys.py."""
+    from chromasnap.snapshots import keys, repository
+
+    assert repository.KEYS_FOLDER == keys.KEYS_FOLDER
