@@ -579,6 +579,30 @@ def salvage_of_copy(db: Path, tmp: Path, table: str) -> salvage.Salvage:
     return salvage.salvage(db, copy)
 
 
+def test_records_are_read_whole_or_only_where_asked(changed: tuple[Path, Truth], tmp_path: Path) -> None:
+    """read_records with `content`: every record's id, seq_id and rowid, and the document
+    and metadata (looked up by rowid for a few, filtered from one pass for most) of those
+    it accepts, exactly as a whole read gives them; the others' None."""
+    copy = tmp_path / "c.sqlite3"
+    salvage.copy_sqlite(changed[0], copy)
+    con = salvage_sqlite.connect(copy)
+    try:
+        health = salvage_sqlite.check_tables(con)
+        assert salvage_sqlite.check_file(copy) == health
+        info = next(c for c in salvage_sqlite.read_collections(con, health)[0] if c.name == "coll0")
+        full, _ = salvage_sqlite.read_records(con, info, health)
+        assert full is not None and sum(r.metadata is not None for r in full) > 1000
+        for pick in (lambda r: r.rowid % 7 == 0, lambda r: r.rowid % 7 != 0, lambda r: False):
+            got, _ = salvage_sqlite.read_records(con, info, health, pick)
+            assert got is not None
+            assert [(r.id, r.seq_id, r.rowid) for r in got] == [(r.id, r.seq_id, r.rowid) for r in full]
+            for a, b in zip(got, full, strict=True):
+                want = (b.document, b.metadata, b.uri) if pick(b) else (None, None, None)
+                assert (a.document, a.metadata, a.uri) == want
+    finally:
+        con.close()
+
+
 def test_python_sqlite_checks_one_table() -> None:
     assert salvage_sqlite.per_table_check_supported(), sqlite3.sqlite_version  # 3.40.1 here
 
