@@ -3,6 +3,7 @@ chromadb's own `add` of the same records (issue 18).
 
     python bench/rollforward_bench.py                    # the bench database, 20 trials
     python bench/rollforward_bench.py --records 20000 --trials 5
+    python bench/rollforward_bench.py --trials 2 --profile /tmp/rf-prof   # cProfile of the parent
 
 Per trial, on a fresh copy of the database whose newest snapshot was taken before the
 write: a child adds 5% more records to coll0 with chromadb (batches of --batch, no
@@ -223,7 +224,15 @@ def trial(
     mgr = SnapshotManager(db, store)
     kept = mgr.restore(snap, verify=False, backup=False).kept_path
     assert kept is not None
-    rep = mgr.roll_forward_from(kept, python=args.python)
+    if args.profile:
+        import cProfile
+
+        args.profile.mkdir(parents=True, exist_ok=True)
+        prof = cProfile.Profile()
+        rep = prof.runcall(mgr.roll_forward_from, kept, python=args.python)
+        prof.dump_stats(str(args.profile / f"trial-{k}.prof"))
+    else:
+        rep = mgr.roll_forward_from(kept, python=args.python)
     coll = next((c for c in rep.collections if c.name == NAME), None)
     added = coll.added if coll else 0
     # read back what roll-forward added, with chromadb
@@ -285,6 +294,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=CACHE / "rollforward-work")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", type=Path, help="folder: a cProfile of each trial's roll-forward (parent)")
     args = ap.parse_args()
     random.seed(args.seed)
     base, n = base_database(args)

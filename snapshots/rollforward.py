@@ -12,8 +12,9 @@ rolled-forward one:
    and collections deleted since, collections created since; each vector from the kept
    database's queue or HNSW files, or the record is lost (exported with its reason);
 2. a journal beside the database (`journal_path`), then a pre-roll-forward snapshot;
-3. a private copy of the database, changed by chromadb in a child process
-   (`rollforward_child.py`: bit-exact embeddings, the collection's configuration kept),
+3. a private copy of the database (made alongside the snapshot), changed by chromadb in
+   a child process (`rollforward_child.py`, started before step 1 so that chromadb's
+   import overlaps the read: bit-exact embeddings, the collection's configuration kept),
    every rolled-forward record read back and compared (document, metadata, embedding
    bytes), every file fsynced;
 4. the copy swapped in (`swap.swap_in`), the journal removed.
@@ -36,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -44,13 +45,14 @@ from . import fsutil, swap
 from .errors import ChromasnapError, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from chromasnap.manifest import Snapshot
 
     from .backend import StorageBackend
     from .restore import RecoverResult
     from .salvage import CollectionSalvage, RecordSalvage, Salvage
+    from .salvage_sqlite import RecordRow, TableHealth
 
 
 class SnapshotManager(Protocol):
@@ -128,8 +130,10 @@ class RollForwardReport(BaseModel):
     """Set when this run finished (or undid) a roll-forward a crash interrupted."""
     duration_s: float = 0.0
     timings: dict[str, float] = {}
-    """Seconds per step: read (both databases), plan, snapshot, copy, apply (the chromadb
-    child, read-back included), fsync, swap."""
+    """Seconds per step: read (both databases; the chromadb child starts alongside), plan,
+    snapshot (the private copy made alongside), copy (what the copy took past the
+    snapshot), apply (the chromadb child, read-back included; `apply_import`, `apply_open`,
+    `apply_add`, ...: the child's own, its import done during the read), fsync, swap."""
 
     def totals(self) -> dict[str, int]:
         keys = ("from_snapshot", "added", "changed", "deleted", "from_queue", "from_hnsw", "lost")
@@ -206,11 +210,12 @@ def _configs(sqlite_copy: Path) -> dict[str, Any]:
 
 def _same(a: RecordSalvage, b: RecordSalvage) -> bool:
     """The same version of a record: same seq_id (both databases share the history up to
-    the snapshot), or the same document, metadata and returned embedding."""
-    if a.document != b.document or (a.metadata or None) != (b.metadata or None):
-        return False
+    the snapshot, so neither's content is read: `read_both`), or the same document,
+    metadata and returned embedding."""
     if a.seq_id == b.seq_id:
         return True
+    if a.document != b.document or (a.metadata or None) != (b.metadata or None):
+        return False
     return a.embedding is not None and a.embedding == b.embedding
 
 
@@ -382,47 +387,108 @@ def _lost_line(collection: str, rec: RecordSalvage, reason: str, in_restored: bo
 
 def read_both(db: Path, kept: Path, work: Path) -> tuple[Salvage, Salvage, int, int, dict[str, Any]]:
     """Both databases as salvage sees them, their high-water seq_ids, the kept
-    configurations. The restored database's vectors are read only when a record's version
-    cannot be told by its seq_id and content; its labels complete a damaged label map of
-    the kept directory (`older_labels`), read only when there is one."""
-    from .salvage import copy_sqlite, older_labels, salvage
+    configurations. A record whose seq_id is the same in both is the same version
+    (`_same`): only its id and seq_id are read, in either database. The kept
+    directory's other records are read whole (content, vector); the restored
+    database's content only for records of both with another seq_id, and its vectors
+    only when such a record's version cannot be told by its content (`_needs_vectors`).
+    Its labels complete a damaged label map of the kept directory (`older_labels`), read
+    only when there is one."""
+    from .salvage import older_labels, salvage
 
     live_copy, kept_copy = work / "live.sqlite3", work / "kept.sqlite3"
-    copy_sqlite(db, live_copy)
-    copy_sqlite(kept, kept_copy)
-    live = records_only(live_copy)
+    live_health, kept_health = _in_pairs(
+        lambda: _copy_and_check(db, live_copy), lambda: _copy_and_check(kept, kept_copy)
+    )
+    live = records_only(live_copy, lambda _r: False, health=live_health)
     known = {c.info.id: {r.id: r.seq_id for r in c.records or []} for c in live.collections}
-    kept_s = salvage(kept, kept_copy, known=known)
+    kept_s = salvage(kept, kept_copy, known=known, health=kept_health)
     if any(c.segment is not None and not c.segment.labels.complete for c in kept_s.collections):
-        kept_s = salvage(kept, kept_copy, older_labels(db, live_copy), known)
+        kept_s = salvage(kept, kept_copy, older_labels(db, live_copy), known, kept_health)
+    compare = _compared(live, kept_s)
+    if any(compare.values()):
+        live = records_only(live_copy, only=compare, health=live.health)
     if _needs_vectors(live, kept_s):
         live = salvage(db, live_copy)
     return live, kept_s, _high_water(live_copy), _high_water(kept_copy), _configs(kept_copy)
 
 
-def records_only(sqlite_copy: Path) -> Salvage:
-    """Every record of a database (id, seq_id, document, metadata), without vectors."""
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def _in_pairs(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
+    """Run two calls at once (each copy is made by a child and checked by SQLite, which
+    releases the GIL), then return both results or raise the first error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.submit(first), pool.submit(second)
+        return a.result(), b.result()
+
+
+def _copy_and_check(db_dir: Path, copy: Path) -> TableHealth | None:
+    """A private copy of the database's chroma.sqlite3 (hot journal rolled back in it) and
+    SQLite's check of its tables."""
+    from .salvage import copy_sqlite
+    from .salvage_sqlite import check_file
+
+    copy_sqlite(db_dir, copy)
+    return check_file(copy)
+
+
+def _compared(live: Salvage, kept: Salvage) -> dict[str, set[str]]:
+    """Per collection of the restored database (by id), the records the kept database
+    (the collection of the same name) holds with another seq_id: their versions are
+    compared by content."""
+    by_name = {c.info.name: c for c in kept.collections}
+    out: dict[str, set[str]] = {}
+    for lc in live.collections:
+        kc = by_name.get(lc.info.name)
+        if kc is None or kc.records is None or lc.records is None:
+            continue
+        theirs = {r.id: r.seq_id for r in kc.records}
+        out[lc.info.id] = {r.id for r in lc.records if theirs.get(r.id, r.seq_id) != r.seq_id}
+    return out
+
+
+def records_only(
+    sqlite_copy: Path,
+    content: Callable[[RecordRow], bool] | None = None,
+    only: dict[str, set[str]] | None = None,
+    health: TableHealth | None = None,
+) -> Salvage:
+    """Every record of a database (id, seq_id, document, metadata), without vectors;
+    with `content`, documents and metadata only of the records it accepts; with `only`
+    (collection id -> record ids), only of those. `health`: the file's table check, when
+    it was made already."""
     import sqlite3
 
     from . import salvage_sqlite
     from .salvage import CollectionSalvage, RecordSalvage, Salvage
-    from .salvage_sqlite import TableHealth
 
     try:
         con = salvage_sqlite.connect(sqlite_copy)
     except sqlite3.Error as exc:
-        out = Salvage(TableHealth(schema_error=str(exc)))
+        out = Salvage(salvage_sqlite.TableHealth(schema_error=str(exc)))
         out.problems.append(f"chroma.sqlite3 cannot be opened: {exc}")
         return out
     try:
-        out = Salvage(salvage_sqlite.check_tables(con))
+        out = Salvage(health or salvage_sqlite.check_tables(con))
         if out.health.schema_error:
             out.problems.append(f"chroma.sqlite3's schema is unreadable: {out.health.schema_error}")
             return out
         colls, out.problems = salvage_sqlite.read_collections(con, out.health)
         for info in colls:
             cs = CollectionSalvage(info)
-            recs, cs.problems = salvage_sqlite.read_records(con, info, out.health)
+            pick = content
+            if only is not None:
+                ids = only.get(info.id, set())
+
+                def pick(r: RecordRow, ids: set[str] = ids) -> bool:
+                    return r.id in ids
+
+            recs, cs.problems = salvage_sqlite.read_records(con, info, out.health, pick)
             if recs is not None:
                 cs.records = [RecordSalvage(r.id, r.seq_id, r.document, r.metadata, r.uri) for r in recs]
             out.collections.append(cs)
@@ -548,20 +614,51 @@ def _write_plan(plan: Plan, folder: Path) -> None:
     (folder / "plan.json").write_text(json.dumps(doc, default=str), encoding="utf-8")
 
 
-def _run_child(staging: Path, folder: Path, python: str | None, timeout: float | None) -> dict[str, Any]:
-    proc = subprocess.run(
-        [python or sys.executable, str(CHILD), str(staging), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=timeout or 3600,
-        check=False,
-    )
-    lines = [ln[len(MARK) :] for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    report: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    if proc.returncode != 0 or "error" in report or not lines:
-        why = report.get("error") or (proc.stderr.strip()[-300:] or f"exit {proc.returncode}")
-        raise ChromasnapError(f"roll-forward failed in chromadb, nothing was changed: {why}")
-    return report
+class _Child:
+    """The chromadb child (`rollforward_child.py --wait`), started before anything is
+    read so that its start (the interpreter, numpy, chromadb's import) overlaps reading
+    both databases. It touches no file until `apply` hands it the staging copy and the
+    plan on its stdin; closed unused (its stdin's end tells it to exit), and killed with
+    chromasnap (`children.spawn`)."""
+
+    def __init__(self, python: str | None) -> None:
+        from . import children
+
+        self.proc = children.spawn([python or sys.executable, str(CHILD), "--wait"], stdin=subprocess.PIPE)
+
+    def apply(self, staging: Path, folder: Path, timeout: float | None) -> dict[str, Any]:
+        """Have the child apply the plan in `folder` to `staging`; its JSON report.
+        Raises ChromasnapError (one line) when it fails, dies or runs out of time."""
+        from . import children
+
+        go = json.dumps({"db": str(staging), "plan": str(folder)}) + "\n"
+        try:
+            out, err = self.proc.communicate(go, timeout=timeout or 3600)
+        except subprocess.TimeoutExpired:
+            children.kill_group(self.proc)
+            self.proc.communicate()
+            within = f"no answer within {timeout or 3600:g} s"
+            raise ChromasnapError(f"roll-forward failed in chromadb, nothing was changed: {within}") from None
+        lines = [ln[len(MARK) :] for ln in out.splitlines() if ln.startswith(MARK)]
+        report: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+        code = self.proc.returncode
+        if code != 0 or "error" in report or not lines:
+            died = children.signal_name(code)
+            why = report.get("error") or (f"the chromadb child died by {died}" if died else "")
+            why = why or err.strip()[-300:] or f"exit {code}"
+            raise ChromasnapError(f"roll-forward failed in chromadb, nothing was changed: {why}")
+        return report
+
+    def close(self) -> None:
+        """End the child if it is still there (nothing to apply, or a failure)."""
+        from . import children
+
+        if self.proc.returncode is not None and self.proc.stdout is not None and self.proc.stdout.closed:
+            return  # `apply` saw it to its end
+        if self.proc.poll() is None:
+            children.kill_group(self.proc)
+        with contextlib.suppress(Exception):
+            self.proc.communicate(timeout=60)
 
 
 def export_path(kept: Path) -> Path:
@@ -626,6 +723,8 @@ def _check_dirs(db: Path, kept: Path) -> None:
 def _roll_forward(
     mgr: SnapshotManager, db: Path, kept: Path, python: str | None, timeout: float | None
 ) -> RollForwardReport:
+    from concurrent.futures import ThreadPoolExecutor
+
     from .livecopy import copy_database
     from .owner import apply as apply_owner
     from .owner import target_owner
@@ -646,6 +745,7 @@ def _roll_forward(
     )
     report = RollForwardReport(db=str(db), kept=str(kept))
     journal = journal_path(db)
+    child: _Child | None = None
     mark = [time.monotonic()]
 
     def lap(step: str) -> None:
@@ -654,6 +754,7 @@ def _roll_forward(
         mark[0] = now
 
     try:
+        child = _Child(python)  # chromadb's start overlaps the read
         live, kept_s, live_hw, kept_hw, configs = read_both(db, kept, work)
         lap("read")
         plan = make_plan(live, kept_s, live_hw, kept_hw, configs)
@@ -676,21 +777,30 @@ def _roll_forward(
         }
         fsutil.atomic_write(journal, json.dumps(record).encode())
         fsutil.crash_point("rollforward-journal")
-        report.pre_snapshot = mgr.snapshot(
-            reason="pre-roll-forward", note=f"before rolling forward from {kept.name}"
-        ).id
-        fsutil.crash_point("rollforward-snapshot")
-        lap("snapshot")
-        copy_database(db, staging)
-        _copy_modes(db, staging)
-        who = target_owner(db, None)
-        if who is not None:
-            problem = apply_owner(staging, who, db, include_root=True)
-            if problem:
-                report.problems.append(problem)
-        _write_plan(plan, work)
+
+        def make_staging() -> None:
+            copy_database(db, staging)
+            _copy_modes(db, staging)
+            who = target_owner(db, None)
+            if who is not None:
+                problem = apply_owner(staging, who, db, include_root=True)
+                if problem:
+                    report.problems.append(problem)
+            _write_plan(plan, work)
+
+        # the private copy is made (by a thread: a child and copy_file_range) while the
+        # pre-roll-forward snapshot reads the same unchanging database (the write lock is
+        # held); both must be done before the child changes anything
+        with ThreadPoolExecutor(1) as pool:
+            copying = pool.submit(make_staging)
+            report.pre_snapshot = mgr.snapshot(
+                reason="pre-roll-forward", note=f"before rolling forward from {kept.name}"
+            ).id
+            fsutil.crash_point("rollforward-snapshot")
+            lap("snapshot")
+            copying.result()
         lap("copy")
-        got = _run_child(staging, work, python, timeout)
+        got = child.apply(staging, work, timeout)
         report.checked = int(got.get("checked", 0))
         lap("apply")
         for step, took in (got.get("timings") or {}).items():
@@ -714,6 +824,8 @@ def _roll_forward(
                 _drop_journal(db)
         raise
     finally:
+        if child is not None:
+            child.close()
         shutil.rmtree(work, ignore_errors=True)
     report.duration_s = round(time.monotonic() - t0, 3)
     return report

@@ -6,6 +6,11 @@ and numpy; it imports nothing from chromasnap but `collection_child.py` beside i
 same bit-exact add), so a Rust panic kills only this process.
 
     python rollforward_child.py DB PLAN_DIR
+    python rollforward_child.py --wait      # then {"db": DB, "plan": PLAN_DIR} on stdin
+
+With --wait it imports chromadb first and then waits for its orders, so that the parent
+can start it before it knows them (its start overlaps the parent's reading); stdin's end
+without a line means nothing to apply.
 
 PLAN_DIR/plan.json: {"drop": [name], "create": [{"name", "metadata", "configuration"}],
 "collections": [{"name", "delete": [id], "records": FILE}]}; each FILE is JSON Lines of
@@ -144,13 +149,39 @@ def _add_page(
     return len(ids)
 
 
+def _wait() -> tuple[str, str, float] | None:
+    """Import chromadb, then wait for the parent's `{"db", "plan"}` line on stdin
+    (None when stdin ends first: nothing to apply). Returns (db, plan_dir, import seconds)."""
+    t0 = time.monotonic()
+    import chromadb  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
+    import numpy  # noqa: F401
+
+    took = time.monotonic() - t0
+    _crash_point("rollforward-waiting")
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    req = json.loads(line)
+    return str(req["db"]), str(req["plan"]), took
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        sys.stderr.write("usage: rollforward_child.py DB PLAN_DIR\n")
+    if args not in (["--wait"],) and len(args) != 2:
+        sys.stderr.write("usage: rollforward_child.py DB PLAN_DIR | --wait\n")
         return 2
     try:
-        report = apply(args[0], args[1])
+        imported = None
+        if args == ["--wait"]:
+            got = _wait()
+            if got is None:
+                return 0
+            db, plan_dir, imported = got
+        else:
+            db, plan_dir = args
+        report = apply(db, plan_dir)
+        if imported is not None:
+            report["timings"]["import"] = round(imported, 3)
     except Exception as exc:
         sys.stdout.write(MARK + json.dumps({"error": f"{type(exc).__name__}: {exc}"[:2000]}) + "\n")
         return 1

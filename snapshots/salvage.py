@@ -49,11 +49,12 @@ LOST_REASONS = {
     "hnsw_stale": "the HNSW files lack records the database says they hold: they are older than "
     "max_seq_id, so an embedding there may be outdated",
     "no_vector_segment": "the collection has no VECTOR segment",
-    "not_read": "not read: the caller holds this version of the record (salvage's `known`)",
+    "not_read": "not read: the caller holds this version of the record (salvage's `known`): "
+    "its document, metadata and vector are not read",
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class RecordSalvage:
     """One record of the broken database and what could be recovered of it."""
 
@@ -170,7 +171,7 @@ def older_labels(db_dir: Path, sqlite_copy: Path) -> OlderLabels:
             if folder is None:
                 continue
             labels = salvage_hnsw.read_label_map(folder)
-            records, _ = salvage_sqlite.read_records(db, info, health)
+            records, _ = salvage_sqlite.read_records(db, info, health, lambda _r: False)  # ids, seq_ids
             if not labels.complete or records is None:
                 continue
             out[info.id] = {r.id: (labels.labels[r.id], r.seq_id) for r in records if r.id in labels.labels}
@@ -184,12 +185,16 @@ def salvage(
     sqlite_copy: Path,
     older: OlderLabels | None = None,
     known: dict[str, dict[str, int]] | None = None,
+    health: TableHealth | None = None,
 ) -> Salvage:
     """Everything recoverable from the database at `db_dir`, whose chroma.sqlite3 was
     copied (hot journal rolled back) to `sqlite_copy`. `older` (from `older_labels` of
     a snapshot of the same database) completes a damaged label map. `known` (collection
-    id -> {record id: seq_id}) names record versions the caller already holds: their
-    vectors are not read from the HNSW files (such a record gets reason `not_read`)."""
+    id -> {record id: seq_id}) names record versions the caller already holds: neither
+    their documents and metadata nor their vectors are read (such a record gets reason
+    `not_read`), and a collection holding only such records is not read past its ids
+    (no queue, no label map, no HNSW file). `health`: the file's table check, when it
+    was made already (`salvage_sqlite.check_file`)."""
     try:
         db = salvage_sqlite.connect(sqlite_copy)
     except sqlite3.Error as exc:
@@ -197,7 +202,7 @@ def salvage(
         out.problems.append(f"chroma.sqlite3 cannot be opened: {exc}")
         return out
     try:
-        health = salvage_sqlite.check_tables(db)
+        health = health or salvage_sqlite.check_tables(db)
         out = Salvage(health)
         if health.schema_error:
             out.problems.append(f"chroma.sqlite3's schema is unreadable: {health.schema_error}")
@@ -242,9 +247,17 @@ def _collection(
     known: dict[str, int] | None = None,
 ) -> CollectionSalvage:
     cs = CollectionSalvage(info)
-    records, problems = salvage_sqlite.read_records(db, info, health)
+
+    def wanted(r: salvage_sqlite.RecordRow) -> bool:
+        return known is None or known.get(r.id) != r.seq_id
+
+    records, problems = salvage_sqlite.read_records(db, info, health, None if known is None else wanted)
     cs.problems += problems
     if records is None:
+        return cs
+    todo = records if known is None else [r for r in records if known.get(r.id) != r.seq_id]
+    if not todo:  # the caller holds every record as it is here: nothing to read
+        cs.records = [_not_read(r) for r in records]
         return cs
     queue: dict[str, list[QueueRow]] = {}
     cs.queue_usable = health.ok("embeddings_queue")
@@ -272,15 +285,11 @@ def _collection(
             labels.derived = set(derived)
             cs.problems.append(note)
     try:
-        plans = [
-            vector_source(r.seq_id, queue.get(r.id, []), cs.queue_usable, position, labels, r.id)
-            for r in records
-        ]
-        need = {
-            r.id
-            for r, (kind, _) in zip(records, plans, strict=True)
-            if kind == HNSW and (known is None or known.get(r.id) != r.seq_id)
+        plans = {
+            r.id: vector_source(r.seq_id, queue.get(r.id, []), cs.queue_usable, position, labels, r.id)
+            for r in todo
         }
+        need = {rid for rid, (kind, _) in plans.items() if kind == HNSW}
         cs.segment = salvage_hnsw.read_segment(
             folder or db_dir / "-", info.space, info.dimension, need, labels=labels, level0=level0
         )
@@ -295,9 +304,14 @@ def _collection(
             f"the HNSW files lack {stale} records that max_seq_id says they hold: "
             "they are older than chroma.sqlite3, no vector is taken from them"
         )
-    salvage_sqlite.load_vectors(db, [d for _k, d in plans if isinstance(d, QueueRow)])
+    salvage_sqlite.load_vectors(db, [d for _k, d in plans.values() if isinstance(d, QueueRow)])
     cs.records = []
-    for rec, (kind, detail) in zip(records, plans, strict=True):
+    for rec in records:
+        got_plan = plans.get(rec.id)
+        if got_plan is None:
+            cs.records.append(_not_read(rec))
+            continue
+        kind, detail = got_plan
         out = RecordSalvage(rec.id, rec.seq_id, rec.document, rec.metadata, rec.uri)
         if isinstance(detail, QueueRow):
             vec, _why = salvage_sqlite.decode_vector(detail, info.dimension)
@@ -316,14 +330,18 @@ def _collection(
                 out.reason = "hnsw_stale"
             elif got.status == salvage_hnsw.OK:
                 out.source, out.embedding = HNSW, got.embedding
-            elif rec.id not in need:
-                out.reason = "not_read"
             else:
                 out.reason = got.status
         else:
             out.reason = str(detail)
         cs.records.append(out)
     return cs
+
+
+def _not_read(rec: salvage_sqlite.RecordRow) -> RecordSalvage:
+    """A record whose version the caller holds (`known`): neither its content nor its
+    vector is read."""
+    return RecordSalvage(rec.id, rec.seq_id, rec.document, rec.metadata, rec.uri, reason="not_read")
 
 
 def _take_older(

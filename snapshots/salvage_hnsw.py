@@ -94,6 +94,9 @@ def parse_label_map(data: bytes) -> LabelMap:
         if out.complete:
             out.complete = False
             out.error = "index_metadata.pickle has no label_to_id map"
+    if _consistent(forward, backward, prefix.complete):  # the usual case, checked at C speed
+        out.labels = dict(forward)
+        return out
     owners: dict[int, list[str]] = {}
     for rid, label in forward.items():
         if type(rid) is not str or type(label) is not int or not 0 < label < 1 << 63:
@@ -111,6 +114,23 @@ def parse_label_map(data: bytes) -> LabelMap:
             continue
         out.labels[rids[0]] = label
     return out
+
+
+def _consistent(forward: dict[Any, Any], backward: dict[Any, Any], complete: bool) -> bool:
+    """Every entry of id_to_label is a str -> int in range, no label twice, and
+    label_to_id gives each label back to its id (or, in a pickle cut short, lacks it):
+    then parse_label_map's entry-by-entry checks would keep every entry."""
+    labels = forward.values()
+    if not all(type(rid) is str for rid in forward) or not all(
+        type(label) is int and 0 < label < 1 << 63 for label in labels
+    ):
+        return False
+    if len(set(labels)) != len(forward):
+        return False
+    get = backward.get
+    if complete:
+        return all(get(label) == rid for rid, label in forward.items())
+    return all((back := get(label)) is None or back == rid for rid, label in forward.items())
 
 
 @dataclass

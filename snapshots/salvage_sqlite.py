@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,20 @@ def check_tables(db: sqlite3.Connection, tables: tuple[str, ...] = NEEDED) -> Ta
         except (sqlite3.DatabaseError, MemoryError) as exc:
             health.failed[table] = f"{type(exc).__name__}: {exc}"
     return health
+
+
+def check_file(path: Path) -> TableHealth | None:
+    """`check_tables` of a private copy on a connection of its own (SQLite releases the
+    GIL while it checks: two files can be checked at once in two threads); None when the
+    file cannot be opened (the caller's own connection then says why)."""
+    try:
+        db = connect(path)
+    except sqlite3.Error:
+        return None
+    try:
+        return check_tables(db)
+    finally:
+        db.close()
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:
@@ -213,7 +228,7 @@ def read_collections(db: sqlite3.Connection, health: TableHealth) -> tuple[list[
     return out, problems
 
 
-@dataclass
+@dataclass(slots=True)
 class RecordRow:
     """One record as the METADATA segment holds it."""
 
@@ -228,11 +243,16 @@ class RecordRow:
 
 
 def read_records(
-    db: sqlite3.Connection, coll: CollectionInfo, health: TableHealth
+    db: sqlite3.Connection,
+    coll: CollectionInfo,
+    health: TableHealth,
+    content: Callable[[RecordRow], bool] | None = None,
 ) -> tuple[list[RecordRow] | None, list[str]]:
     """The collection's records sorted by id (None when `embeddings` is unusable), with
     documents and metadata when `embedding_metadata` (and, if present, the array table)
-    pass; problems as lines."""
+    pass; problems as lines. With `content`, documents and metadata are read only for
+    the records it accepts (the others keep None: their ids and seq_ids are all a caller
+    comparing versions needs)."""
     if coll.metadata_segment is None:
         return None, [f"collection {coll.name} has no METADATA segment"]
     if not health.ok("embeddings"):
@@ -242,13 +262,22 @@ def read_records(
     for rowid, rid, raw in db.execute(
         "SELECT id, embedding_id, seq_id FROM embeddings WHERE segment_id = ?", (coll.metadata_segment,)
     ):
-        by_rowid[int(rowid)] = RecordRow(str(rid), seq(raw), int(rowid))
+        by_rowid[rowid] = RecordRow(str(rid), raw if type(raw) is int else seq(raw), rowid)
+    keep = None if content is None else {k for k, r in by_rowid.items() if content(r)}
+    # a few records: looked up by rowid; most of them: one pass over the collection
+    wanted = sorted(keep) if keep is not None and len(keep) <= len(by_rowid) // 2 else None
     if health.ok("embedding_metadata"):
-        for rowid, key, sv, iv, fv, bv in db.execute(
+        for rowid, key, sv, iv, fv, bv in _content_rows(
+            db,
             "SELECT m.id, m.key, m.string_value, m.int_value, m.float_value, m.bool_value "
             "FROM embedding_metadata m JOIN embeddings e ON e.id = m.id WHERE e.segment_id = ?",
-            (coll.metadata_segment,),
+            "SELECT m.id, m.key, m.string_value, m.int_value, m.float_value, m.bool_value "
+            "FROM embedding_metadata m WHERE m.id IN ({})",
+            coll.metadata_segment,
+            wanted,
         ):
+            if keep is not None and rowid not in keep:
+                continue
             rec = by_rowid.get(int(rowid))
             if rec is None:
                 continue
@@ -261,12 +290,18 @@ def read_records(
                 rec.metadata[str(key)] = _value(sv, iv, fv, bv)
         if "embedding_metadata_array" in health.tables:
             if health.ok("embedding_metadata_array"):
-                for rowid, key, sv, iv, fv, bv in db.execute(
+                for rowid, key, sv, iv, fv, bv in _content_rows(
+                    db,
                     "SELECT a.id, a.key, a.string_value, a.int_value, a.float_value, a.bool_value "
                     "FROM embedding_metadata_array a JOIN embeddings e ON e.id = a.id "
                     "WHERE e.segment_id = ? ORDER BY a.id, a.key, a.rowid",
-                    (coll.metadata_segment,),
+                    "SELECT a.id, a.key, a.string_value, a.int_value, a.float_value, a.bool_value "
+                    "FROM embedding_metadata_array a WHERE a.id IN ({}) ORDER BY a.id, a.key, a.rowid",
+                    coll.metadata_segment,
+                    wanted,
                 ):
+                    if keep is not None and rowid not in keep:
+                        continue
                     rec = by_rowid.get(int(rowid))
                     if rec is not None:
                         rec.metadata = rec.metadata or {}
@@ -276,6 +311,19 @@ def read_records(
     else:
         problems.append("embedding_metadata unusable: documents and metadata are unknown")
     return sorted(by_rowid.values(), key=lambda r: r.id), problems
+
+
+def _content_rows(
+    db: sqlite3.Connection, whole: str, some: str, segment: str, rowids: list[int] | None
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of `whole` (the segment's, one query), or of `some` for the records `rowids`
+    (ascending; in batches, so that the rows of one record stay together and in order)."""
+    if rowids is None:
+        yield from db.execute(whole, (segment,))
+        return
+    for i in range(0, len(rowids), BATCH):
+        part = rowids[i : i + BATCH]
+        yield from db.execute(some.format(",".join("?" * len(part))), part)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from test_salvage import CHILD, change, export, segment_of
 
-from chromasnap.snapshots import SnapshotManager, collection_child, salvage
+from chromasnap.snapshots import SnapshotManager, collection_child, rollforward, salvage
 from chromasnap.snapshots.hnsw import HEADER_FORMAT
 from chromasnap.snapshots.rollforward import EXTRA_REASONS, RollForwardRefused, journal_path
 from conftest import run_sample
@@ -244,6 +244,35 @@ def test_guarded_write_killed_mid_persist(
     print("mid-persist:", res.kind, len(added), "added since;", got, report["collections"])
 
 
+def test_only_what_changed_since_the_snapshot_is_read(
+    world: tuple[SnapshotManager, Path], base_db: Path, tmp_path: Path
+) -> None:
+    """A record whose seq_id is the same in both databases is the same version: of it
+    only the id and seq_id are read (no document, metadata or vector, in either
+    database); the kept database's other records are read whole, and the restored
+    database's content only where the kept one holds another seq_id."""
+    _mgr, db = world
+    kept = tmp_path / "kept"
+    os.rename(db, kept)
+    shutil.copytree(base_db, db, symlinks=True)  # the snapshot's state
+    work = tmp_path / "work"
+    work.mkdir()
+    live, kept_s, live_hw, kept_hw, configs = rollforward.read_both(db, kept, work)
+    before = {r.id: r for r in next(c for c in live.collections if c.info.name == "coll0").records or []}
+    after = next(c for c in kept_s.collections if c.info.name == "coll0").records or []
+    same = [r for r in after if r.id in before and before[r.id].seq_id == r.seq_id]
+    other = [r for r in after if r not in same]
+    assert len(same) > 2000 and len(other) == 1020 + 100
+    assert all(r.reason == "not_read" and r.document is None and r.embedding is None for r in same)
+    assert all(r.document is not None and r.embedding is not None for r in other)
+    assert {rid for rid, r in before.items() if r.document is not None} == {
+        r.id for r in other if r.id in before
+    }
+    plan = rollforward.make_plan(live, kept_s, live_hw, kept_hw, configs)
+    job = next(j for j in plan.jobs if j.name == "coll0")
+    assert len(job.adds) == 1020 + 100 and len(job.deletes) == 100 + 30
+
+
 def test_refuses_a_directory_that_does_not_descend(
     world: tuple[SnapshotManager, Path], base_db: Path, tmp_path: Path
 ) -> None:
@@ -286,9 +315,26 @@ def roll_cli(mgr: SnapshotManager, db: Path, kept: Path, crash: str) -> subproce
     return cli("roll-forward", "--from", str(kept), "--to", str(db), "--store", store, crash=crash)
 
 
+def children_of_the_test(crash: str) -> list[int]:
+    """Live roll-forward children of this worktree started under CHROMASNAP_CRASH_AT=crash."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            env = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        mine = str(rollforward.CHILD).encode() in cmd and f"CHROMASNAP_CRASH_AT={crash}".encode() in env
+        if mine and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 @pytest.mark.parametrize(
     "crash",
     [
+        pytest.param("rollforward-journal", marks=pytest.mark.slow),
         pytest.param("rollforward-applied", marks=pytest.mark.slow),
         pytest.param("rollforward-swapped", marks=pytest.mark.slow),
     ],
@@ -310,6 +356,12 @@ def test_sigkill_of_the_roll_forward_is_finished_by_recover(
     proc = roll_cli(mgr, db, kept, crash)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert journal_path(db).exists()
+    # the chromadb child, started before the read (and waiting at rollforward-journal),
+    # dies with the roll-forward (PR_SET_PDEATHSIG)
+    deadline = time.monotonic() + 10
+    while children_of_the_test(crash) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not children_of_the_test(crash)
     ids = sqlite_ids(db)
     assert ids in (sqlite_ids(base_db), broken_ids)
     proc = cli("recover", "--db", str(db), "--store", str(mgr.backend.location))
@@ -322,18 +374,24 @@ def test_sigkill_of_the_roll_forward_is_finished_by_recover(
     check_rolled_forward(db, broken_ids, template[1], again.model_dump(), tmp_path)
 
 
+@pytest.mark.parametrize(
+    "crash", ["rollforward-adding", pytest.param("rollforward-waiting", marks=pytest.mark.slow)]
+)
 def test_a_killed_chromadb_child_changes_nothing(
-    world: tuple[SnapshotManager, Path], base_db: Path, tmp_path: Path
+    world: tuple[SnapshotManager, Path], base_db: Path, tmp_path: Path, crash: str
 ) -> None:
-    """chromadb killed while adding (its own SIGKILL seam): roll-forward fails with one
-    line, the database is untouched, no journal is left; no recover is needed."""
+    """chromadb killed while adding, or while it waits for the plan (started before the
+    read; its own SIGKILL seam): roll-forward fails with one line, the database is
+    untouched, no journal is left; no recover is needed."""
     mgr, db = world
     kept = tmp_path / "kept"
     os.rename(db, kept)
     shutil.copytree(base_db, db, symlinks=True)
     before = {p: p.stat().st_mtime_ns for p in db.rglob("*")}
-    proc = roll_cli(mgr, db, kept, "rollforward-adding")
+    proc = roll_cli(mgr, db, kept, crash)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "nothing was changed" in proc.stderr
+    if crash == "rollforward-waiting":
+        assert "died by SIGKILL" in proc.stderr
     assert {p: p.stat().st_mtime_ns for p in db.rglob("*")} == before
     assert not journal_path(db).exists()
     assert not [p for p in db.parent.iterdir() if ".rollforward-" in p.name]

@@ -247,6 +247,100 @@ def test_limits_and_self_reference_are_refused() -> None:
         safepickle.parse(pickle.dumps(1) + b"junk")
 
 
+def serde_pickle(value: Any) -> bytes:
+    """`value` (dicts of str keys; str, int, float, bool, None, dict, list values) pickled
+    the way chromadb's serde_pickle writes index_metadata.pickle: protocol 3, EMPTY_DICT,
+    MARK ... SETITEMS in batches of 1000, BINUNICODE, BININT, no memo."""
+
+    def emit(v: Any) -> bytes:
+        if isinstance(v, dict):
+            out, pairs = b"}", list(v.items())
+            for i in range(0, len(pairs), 1000):
+                out += b"(" + b"".join(emit(k) + emit(x) for k, x in pairs[i : i + 1000]) + b"u"
+            return out
+        if isinstance(v, list):
+            return b"](" + b"".join(emit(x) for x in v) + b"e" if v else b"]"
+        if v is None:
+            return b"N"
+        if isinstance(v, bool):
+            return b"\x88" if v else b"\x89"
+        if isinstance(v, int):
+            return b"J" + struct.pack("<i", v)
+        if isinstance(v, float):
+            return b"G" + struct.pack(">d", v)
+        raw = v.encode("utf-8", "surrogatepass")
+        return b"X" + struct.pack("<I", len(raw)) + raw
+
+    return b"\x80\x03" + emit(value) + b"."
+
+
+def idmap(n: int) -> dict[str, Any]:
+    ids = [f"id-{i}" for i in range(n)]
+    return {
+        "dimensionality": None,
+        "total_elements_added": n,
+        "max_seq_id": None,
+        "id_to_label": {rid: k + 1 for k, rid in enumerate(ids)},
+        "label_to_id": {k + 1: rid for k, rid in enumerate(ids)},
+        "id_to_seq_id": {},
+    }
+
+
+def test_fast_path_reads_exactly_what_the_walker_reads() -> None:
+    """safepickle's fast path (serde_pickle's opcodes, one tight loop) gives the walker's
+    value for what it takes, and leaves everything else to the walker: refused opcodes,
+    memo, damage, limits."""
+    value = idmap(2500) | {"x": [1.5, True, False, None, "é\ud800", -(2**31)], "y": {}, "z": []}
+    data = serde_pickle(value)
+    walked, damage, _ = safepickle._run(data, safepickle.DEFAULT_LIMITS, strict=True)
+    assert damage is None and walked.result == value
+    assert safepickle._fast(data, safepickle.DEFAULT_LIMITS) == value  # taken by the fast path
+    assert safepickle.parse(data) == value
+    assert safepickle.parse_prefix(data, pending=True) == safepickle.Prefix(value, True, None, len(data))
+    nested = {"t": [[[]], [[1]]], "u": {"v": {"w": None}}}
+    assert safepickle._fast(serde_pickle(nested), safepickle.DEFAULT_LIMITS) == nested
+    # not taken: forbidden content, memo, protocols Python writes, a cut, junk, NULs, limits
+    not_fast = [
+        *FORBIDDEN.values(),
+        pickle.dumps(value, protocol=2),
+        pickle.dumps(value, protocol=5),
+        data[:-1],
+        data[: len(data) // 2] + b".",
+        data + b"junk.",
+        data[:-1] + b"\x00" * 8 + b".",
+    ]
+    for bad in not_fast:
+        assert safepickle._fast(bad, safepickle.DEFAULT_LIMITS) is safepickle._NOT_FAST, bad[:40]
+    for limits in (
+        safepickle.Limits(max_items=1000),
+        safepickle.Limits(max_depth=1),
+        safepickle.Limits(max_bytes=100),
+    ):
+        assert safepickle._fast(data, limits) is safepickle._NOT_FAST
+        with pytest.raises(safepickle.PickleRefused):
+            safepickle.parse(data, limits)
+    # what a cut leaves is read by the walker, exactly as before
+    for cut in (10, len(data) // 3, len(data) - 2):
+        got = salvage_hnsw.parse_label_map(data[:cut])
+        assert not got.complete and all(value["id_to_label"][k] == v for k, v in got.labels.items())
+
+
+def test_label_map_checks_every_entry_when_the_maps_disagree() -> None:
+    """The label map's C-speed check passes only a consistent map; otherwise the entry by
+    entry checks leave out each disagreement (a label twice, a wrong back-reference, a
+    wrong type) and keep the rest."""
+    value = idmap(50)
+    assert salvage_hnsw.parse_label_map(serde_pickle(value)).labels == value["id_to_label"]
+    value["id_to_label"]["id-3"] = 5  # id-3 and id-4 both claim label 5
+    value["label_to_id"][8] = "id-9"  # label 8 names another id
+    value["id_to_label"]["id-20"] = -1  # out of range
+    got = salvage_hnsw.parse_label_map(serde_pickle(value))
+    assert got.conflicts == {"id-3", "id-4", "id-7"}
+    assert "id-20" not in got.labels and got.error == "id_to_label holds entries of the wrong type"
+    assert not got.complete  # a wrong entry: the map cannot say an id is absent
+    assert len(got.labels) == 50 - 4 and got.labels["id-10"] == 11
+
+
 def idmap_checks(data: bytes) -> dict[str, int]:
     value = safepickle.parse(data)
     assert list(value) == [
@@ -483,6 +577,30 @@ def salvage_of_copy(db: Path, tmp: Path, table: str) -> salvage.Salvage:
     salvage.copy_sqlite(db, copy)
     corrupt_table(copy, table)
     return salvage.salvage(db, copy)
+
+
+def test_records_are_read_whole_or_only_where_asked(changed: tuple[Path, Truth], tmp_path: Path) -> None:
+    """read_records with `content`: every record's id, seq_id and rowid, and the document
+    and metadata (looked up by rowid for a few, filtered from one pass for most) of those
+    it accepts, exactly as a whole read gives them; the others' None."""
+    copy = tmp_path / "c.sqlite3"
+    salvage.copy_sqlite(changed[0], copy)
+    con = salvage_sqlite.connect(copy)
+    try:
+        health = salvage_sqlite.check_tables(con)
+        assert salvage_sqlite.check_file(copy) == health
+        info = next(c for c in salvage_sqlite.read_collections(con, health)[0] if c.name == "coll0")
+        full, _ = salvage_sqlite.read_records(con, info, health)
+        assert full is not None and sum(r.metadata is not None for r in full) > 1000
+        for pick in (lambda r: r.rowid % 7 == 0, lambda r: r.rowid % 7 != 0, lambda r: False):
+            got, _ = salvage_sqlite.read_records(con, info, health, pick)
+            assert got is not None
+            assert [(r.id, r.seq_id, r.rowid) for r in got] == [(r.id, r.seq_id, r.rowid) for r in full]
+            for a, b in zip(got, full, strict=True):
+                want = (b.document, b.metadata, b.uri) if pick(b) else (None, None, None)
+                assert (a.document, a.metadata, a.uri) == want
+    finally:
+        con.close()
 
 
 def test_python_sqlite_checks_one_table() -> None:
