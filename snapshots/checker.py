@@ -167,11 +167,14 @@ def check_objects(
     return problems, checked
 
 
+Blobs = Callable[[list[ChunkRef]], Iterator[bytes]]
+
+
 def _check_file(
     repo: Repository,
     f: FileEntry,
     blobs: Callable[[list[ChunkRef]], Iterator[bytes]],
-    join: Callable[[Callable[[list[ChunkRef]], Iterator[bytes]], HnswSplitList], Iterator[bytes]],
+    join: Callable[[Blobs, HnswSplitList], Iterator[bytes | memoryview]],
 ) -> str | None:
     try:
         doc = repo.read_chunk_list(f.chunk_list).list
