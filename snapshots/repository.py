@@ -44,7 +44,7 @@ from chromasnap.manifest.io import loads, parse_json
 
 from . import locks
 from .backend import StorageBackend
-from .crypto import CIPHER_NAMES, AuthenticationError, Codec, PlainCodec, SealedCodec
+from .crypto import CIPHER_NAMES, KEYS_FOLDER, AuthenticationError, Codec, PlainCodec, SealedCodec
 from .errors import ObjectExists, ObjectNotFound, SnapshotNotFound, StoreError, UsageError
 from .pack import BlobLocation, PackFile, decompress, location, pack_name
 from .readahead import WindowReader
@@ -72,9 +72,7 @@ def _unlock(
 
     A store with key files is encrypted whatever config.json says: a bucket writer who
     removed `encryption` from it must not make the next snapshot write plaintext."""
-    from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
-
-    has_keys = bool(backend.list(keyfiles.KEYS_FOLDER))
+    has_keys = bool(backend.list(KEYS_FOLDER))
     if config.encryption is None:
         if has_keys:
             raise StoreError(
@@ -82,6 +80,7 @@ def _unlock(
                 "encrypted (edited?); refusing to read or write it"
             )
         return PlainCodec(), None, None
+    from . import keys as keyfiles  # argon2 and cryptography: imported for a sealed store only
     from .password import read_password  # a terminal prompt's modules, for a sealed store only
 
     master, key = keyfiles.open_master_key(backend, config.id, (password or read_password)())
@@ -172,13 +171,10 @@ class Repository:
         """A new store: plain, or encrypted with a new master key wrapped under `password`
         (asked once, confirmed at a terminal). The key file is durable before config.json
         says the store exists, so a crash leaves no store that nothing can open."""
-        from . import keys as keyfiles
-        from .password import read_password
-
         if backend.exists():
             raise UsageError(f"a chromasnap store already exists at {backend.location}")
         backend.create()
-        if backend.list(keyfiles.KEYS_FOLDER):  # an `init --encrypt` that died before config.json
+        if backend.list(KEYS_FOLDER):  # an `init --encrypt` that died before config.json
             raise UsageError(
                 f"{backend.location} has key files but no config.json (an interrupted init?): "
                 "remove its keys/ folder first"
@@ -187,6 +183,9 @@ class Repository:
         codec: Codec = PlainCodec()
         key_id = master = None
         if encrypt:
+            from . import keys as keyfiles  # argon2 and cryptography: for a sealed store only
+            from .password import read_password
+
             config = {**config, "version": ENCRYPTED_STORE_VERSION, "encryption": Encryption()}
             pw = password() if password else read_password(confirm=True)
             master, key = keyfiles.create_master_key(backend, store_id, pw, kdf=kdf)

@@ -91,13 +91,16 @@ def test_schema_prints_json_schema() -> None:
 
 
 def test_list_does_not_import_chromadb(db: Path) -> None:
+    """Nor numpy, nor (a plain store) argon2 and cryptography: start-up is most of a command's
+    time on a busy machine (issue 20's profile: imports held the GIL for half a snapshot)."""
     assert cli("snapshot", "--db", str(db)).returncode == 0
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['chromasnap', 'list', '--db', {str(db)!r}]\n"
         "try:\n    runpy.run_module('chromasnap.cli', run_name='__main__')\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
-        "print(sorted(m for m in ('chromadb', 'numpy', 'onnxruntime') if m in sys.modules))\n"
+        "print(sorted(m for m in ('chromadb', 'numpy', 'onnxruntime', 'argon2', 'cryptography') "
+        "if m in sys.modules))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip().splitlines()[-1] == "[]"
