@@ -53,6 +53,18 @@ SELF_HIT_RATIO = 0.5
 approximate: a healthy index of random 384-d vectors added 50 at a time misses 4-7% (measured
 with chromadb 1.5.9 alone); a broken one misses nearly all (a truncated length.bin: 20 of 20)."""
 DEFAULT_TIMEOUT = 120.0
+PER_COLLECTION_S = 0.5
+"""The probe opens and counts every collection: its default time grows by this much per
+collection the snapshot records (1,000 collections did not open within a flat 120 s on a
+busy 2-core machine: issue 20's `wide` workload)."""
+
+
+def probe_timeout(expected: WalState | None, timeout: float | None = None) -> float:
+    """Seconds the probe may run: `timeout` when given, else DEFAULT_TIMEOUT plus
+    PER_COLLECTION_S for each collection in `expected`."""
+    if timeout:
+        return timeout
+    return DEFAULT_TIMEOUT + PER_COLLECTION_S * (len(expected.collections) if expected else 0)
 
 
 class ProbeReport(BaseModel):
@@ -592,7 +604,7 @@ def _probe_snapshot(
         if damaged:
             return None, damaged
         packs = check_packs(repo, snap, verified)  # content intact: still probe
-        probe = run_probe(db, snap.wal, python, timeout or DEFAULT_TIMEOUT)
+        probe = run_probe(db, snap.wal, python, probe_timeout(snap.wal, timeout))
         return probe, packs
     finally:  # also on Ctrl-C: the private copy never outlives the check
         shutil.rmtree(work, ignore_errors=True)
@@ -647,7 +659,7 @@ def health(
         # in place, the live chroma.sqlite3 is never opened in this process (see
         # sqlite_copy.py), so there is no recorded state to compare with
         expected = None if in_place else expected_state(target)
-        probe = run_probe(target, expected, python, timeout or DEFAULT_TIMEOUT)
+        probe = run_probe(target, expected, python, probe_timeout(expected, timeout))
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
