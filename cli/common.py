@@ -81,7 +81,10 @@ PythonOpt = Annotated[
     str | None,
     typer.Option("--python", help="Probe with this interpreter (e.g. a venv with another chromadb)."),
 ]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Seconds before a probe is killed.")]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--timeout", min=1, help="Seconds before a probe is killed (120 + 0.5 per collection)."),
+]
 
 # The retention rules, given to `policy set` (stored) and `prune` (this run only)
 KeepLast = Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest snapshots.")]

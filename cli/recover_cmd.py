@@ -43,7 +43,7 @@ def recover_cmd(
         ),
     ] = True,
     python: PythonOpt = None,
-    timeout: TimeoutOpt = 120.0,
+    timeout: TimeoutOpt = None,
     db: DbOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,

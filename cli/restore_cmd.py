@@ -51,7 +51,9 @@ def restore_cmd(
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", min=1, help="Seconds before chromadb is stopped (probe: 120; --collection: 3600)."
+            "--timeout",
+            min=1,
+            help="Seconds before chromadb is stopped (probe: 120 + 0.5 per collection; --collection: 3600).",
         ),
     ] = None,
     db: DbOpt = None,
@@ -86,7 +88,7 @@ def restore_cmd(
         backup=not no_backup,
         force=force,
         python=python,
-        timeout=timeout or 120.0,
+        timeout=timeout,
     )
     if json_out:
         print_json(res.model_dump())

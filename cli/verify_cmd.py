@@ -28,7 +28,7 @@ def verify_cmd(
     all_: Annotated[bool, typer.Option("--all", help="Verify every snapshot.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Only rehash stored bytes (no chromadb).")] = False,
     python: PythonOpt = None,
-    timeout: TimeoutOpt = 120.0,
+    timeout: TimeoutOpt = None,
     db: DbOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,

@@ -6,6 +6,7 @@ field only together with FORMAT_VERSION and an upgrade step in ``manifest.upgrad
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import re
@@ -23,8 +24,11 @@ without them, and an older chromasnap says "written by a newer chromasnap" rathe
 failing on a field it does not know)."""
 
 
+@functools.lru_cache(maxsize=8192)
 def _check_relpath(value: str) -> str:
-    """Reject any path that could land outside the directory it is relative to."""
+    """Reject any path that could land outside the directory it is relative to. Cached: the
+    same paths come back in every snapshot (listing 200 snapshots spent 40% of its time
+    here, issue 20's profile); a refusal raises and is not cached."""
     shown = repr(value[:100]) + ("..." if len(value) > 100 else "")
     if not value or "\x00" in value or "\\" in value:
         raise ValueError(f"unsafe path {shown}")
@@ -48,6 +52,7 @@ RESERVED_PREFIX = ".chromasnap-"
 staged and kept folders): never captured, and refused in a snapshot's files and folders."""
 
 
+@functools.lru_cache(maxsize=8192)
 def _check_entry_path(value: str) -> str:
     if any(p.startswith(RESERVED_PREFIX) for p in value.split("/")):
         raise ValueError(f"path {value[:200]!r} uses a name reserved for chromasnap ({RESERVED_PREFIX}*)")

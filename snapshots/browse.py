@@ -7,6 +7,7 @@ embeddings through chromadb in a child process (collection_child.py).
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import contextlib
 import json
@@ -299,33 +300,57 @@ class _Unsorted(Exception):
     """A record stream that is not in strictly increasing id order."""
 
 
-def _merged(a: Iterator[rx.Record], b: Iterator[rx.Record]) -> Iterator[tuple[str, int | None, int | None]]:
-    """(id, seq_id on the left or None, seq_id on the right or None) of two record streams in
-    id order (a record index keeps each collection's records sorted by id), one record of each
-    in memory: holding both sides whole made a diff's memory grow with the collection."""
+def _merged(
+    a: Iterator[list[rx.Record]], b: Iterator[list[rx.Record]], same: bool = False
+) -> Iterator[tuple[str, int | None, int | None]]:
+    """(id, seq_id on the left or None, seq_id on the right or None) of two collections' record
+    chunks in id order (a record index keeps each collection's records sorted by id), a window
+    of about a chunk of each in memory: holding both sides whole made a diff's memory grow
+    with the collection. With `same` (one collection on both sides) only the records that
+    differ are given: each window is compared as dicts, in C, rather than record by record
+    in Python (a million records' diff took seconds of that: issue 20's profile).
+
+    A window ends at the smaller of the two buffers' last ids: every record after it, on
+    either side, has a greater id, so the window holds all there is up to that id."""
+    bufs: list[list[rx.Record]] = [[], []]
+    its = (a, b)
+    done = [False, False]
     last: list[str | None] = [None, None]
 
-    def step(it: Iterator[rx.Record], side: int) -> rx.Record | None:
-        rec = next(it, None)
-        if rec is not None:
+    def fill(side: int) -> None:
+        while not bufs[side] and not done[side]:
+            run = next(its[side], None)
+            if run is None:
+                done[side] = True
+                return
+            if not run:
+                continue
+            ids = [r[0] for r in run]
             prev = last[side]
-            if prev is not None and rec[0] <= prev:
+            # strictly increasing: sorted already, no repeats, after the previous chunk's
+            if ids != sorted(ids) or len(set(ids)) != len(ids) or (prev is not None and ids[0] <= prev):
                 raise _Unsorted
-            last[side] = rec[0]
-        return rec
+            last[side] = ids[-1]
+            bufs[side] = list(run)
 
-    x, y = step(a, 0), step(b, 1)
-    while x is not None or y is not None:
-        if y is None or (x is not None and x[0] < y[0]):
-            assert x is not None
-            yield x[0], x[1], None
-            x = step(a, 0)
-        elif x is None or y[0] < x[0]:
-            yield y[0], None, y[1]
-            y = step(b, 1)
-        else:
-            yield x[0], x[1], y[1]
-            x, y = step(a, 0), step(b, 1)
+    fill(0)
+    fill(1)
+    while bufs[0] or bufs[1]:
+        # a side with nothing left imposes no end; else the smaller last id of the two
+        end = min(buf[-1][0] for buf in bufs if buf)
+        cut = [bisect.bisect_right(buf, end, key=_first) for buf in bufs]
+        wa, wb = bufs[0][: cut[0]], bufs[1][: cut[1]]
+        bufs[0], bufs[1] = bufs[0][cut[0] :], bufs[1][cut[1] :]
+        da, db = dict(wa), dict(wb)
+        keys = {k for k, _ in da.items() ^ db.items()} if same else da.keys() | db.keys()
+        for k in sorted(keys):
+            yield k, da.get(k), db.get(k)
+        fill(0)
+        fill(1)
+
+
+def _first(rec: rx.Record) -> str:
+    return rec[0]
 
 
 def _collection_diff(name: str, sa: rx.Side, sb: rx.Side, want_ids: bool, limit: int) -> CollectionDiff:
@@ -377,7 +402,7 @@ def _collection_diff(name: str, sa: rx.Side, sb: rx.Side, want_ids: bool, limit:
         batch.clear()
 
     try:
-        pairs = _merged(va.all(skip), vb.all(skip))
+        pairs = _merged(va.runs(skip), vb.runs(skip), same)
         for rid, x, y in pairs:
             if x is None:
                 cd.added += 1

@@ -19,6 +19,10 @@ from blake3 import blake3
 
 from .errors import StoreError
 
+KEYS_FOLDER: Final = "keys"
+"""Where an encrypted store's key files are (keys.py): named here, so that telling a plain
+store from an encrypted one needs neither argon2 nor cryptography (imported by keys.py)."""
+
 MASTER_KEY_SIZE: Final = 32
 NONCE_SIZE: Final = 12  # random 96-bit nonces: see docs/encryption.md for the collision bound
 TAG_SIZE: Final = 16

@@ -12,8 +12,8 @@ import errno
 import os
 import shutil
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from blake3 import blake3
@@ -21,7 +21,7 @@ from blake3 import blake3
 from chromasnap.manifest import ChunkRef, FileEntry, HnswSplitList, PlainList, Snapshot
 from chromasnap.manifest.models import RESERVED_PREFIX, applied_mode
 
-from . import fsutil, hnsw
+from . import fsutil
 from .errors import StoreError, UsageError
 from .repository import Repository
 
@@ -30,76 +30,67 @@ Progress = Callable[[int], None]
 
 BATCH = 2 << 20
 """Blobs are read in batches of about this many bytes per pool task (less overhead)."""
+WRITES_AHEAD = 2
+"""Joined blocks of an hnsw-split file handed to the writing thread and not yet written."""
 PENDING_FSYNCS = 64
 """Files written whose fsync is still to come, at most: past this many the oldest is fsynced
 (its writeback started when it was finished). Keeping every one open until the end made a
 database of thousands of files (1,000 collections: 5,000) fail with EMFILE."""
 
 
-def read_blobs(repo: Repository, pool: ThreadPoolExecutor, refs: Iterable[ChunkRef]) -> Iterator[bytes]:
-    """Blob contents in order, read, decompressed and checked a few batches ahead."""
+def read_blobs(
+    repo: Repository,
+    pool: ThreadPoolExecutor,
+    refs: Iterable[ChunkRef],
+    write_at: tuple[int, int] | None = None,
+) -> Generator[bytes, None, None]:
+    """Blob contents in order, read, decompressed and checked a few batches ahead. With
+    `write_at` (fd, offset) the pool's threads also write each checked blob at its place in
+    that file (pwrite: the kernel's copies into the page cache run beside the hashing).
+    Leaving the loop early waits for the batches under way: none writes to the fd after."""
     window: deque[Future[list[bytes]]] = deque()
     batch: list[ChunkRef] = []
     size = 0
-    for ref in refs:
-        batch.append(ref)
-        size += ref[1]
-        if size >= BATCH:
-            window.append(pool.submit(_read_checked, repo, batch))
-            batch, size = [], 0
-            if len(window) >= 4:
-                yield from window.popleft().result()
-    if batch:
-        window.append(pool.submit(_read_checked, repo, batch))
-    while window:
-        yield from window.popleft().result()
+    fd, pos = write_at if write_at is not None else (-1, 0)
+    try:
+        for ref in refs:
+            batch.append(ref)
+            size += ref[1]
+            if size >= BATCH:
+                window.append(pool.submit(_read_checked, repo, batch, fd, pos))
+                pos += size
+                batch, size = [], 0
+                if len(window) >= 4:
+                    yield from window.popleft().result()
+        if batch:
+            window.append(pool.submit(_read_checked, repo, batch, fd, pos))
+        while window:
+            yield from window.popleft().result()
+    finally:
+        for fut in window:
+            fut.cancel()
+        wait(window)
 
 
-def _read_checked(repo: Repository, refs: list[ChunkRef]) -> list[bytes]:
+def _read_checked(repo: Repository, refs: list[ChunkRef], fd: int = -1, offset: int = 0) -> list[bytes]:
     out = []
     for key, length in refs:
         data = repo.read_blob(key)
         if len(data) != length:
             raise StoreError(f"blob {key[:16]} has {len(data)} bytes, the chunk list says {length}")
+        if fd >= 0:
+            pwrite_all(fd, data, offset)
+            offset += length
         out.append(data)
     return out
 
 
-class _Sink:
-    """Buffers writes into large blocks and hashes the same blocks (fewer calls)."""
-
-    def __init__(self, fd: int, progress: Progress, size: int = 4 << 20) -> None:
-        self.fd, self.progress, self.size = fd, progress, size
-        self.h = blake3()
-        self.buf = bytearray()
-
-    def add(self, data: bytes) -> None:
-        self.buf += data
-        if len(self.buf) >= self.size:
-            self.flush()
-
-    def hash_only(self, data: bytes) -> None:
-        self.flush()
-        self.h.update(data)
-
-    def seek(self, offset: int) -> None:
-        self.flush()
-        os.lseek(self.fd, offset, os.SEEK_SET)
-
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        self.h.update(self.buf)
-        view = memoryview(self.buf)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.progress(len(self.buf))
-        self.buf = bytearray()
-
-    def hexdigest(self) -> str:
-        self.flush()
-        return self.h.hexdigest()
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of `data` at `offset` of `fd` (a short write is continued)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def safe_target(root: Path, rel: str) -> Path:
@@ -130,9 +121,11 @@ class Extractor:
         self.pending: deque[int] = deque()
         self.progress = progress or (lambda _n: None)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chromasnap-read")
+        self.writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromasnap-write")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writes.shutdown(wait=True, cancel_futures=True)
         for fd in self.pending:
             os.close(fd)
         self.pending.clear()
@@ -185,21 +178,40 @@ class Extractor:
             os.close(fd)
 
     def _plain(self, fd: int, doc: PlainList, sparse: bool) -> str:
-        sink = _Sink(fd, self.progress)
+        """Write a plain file's extents (the pool writes each blob at its offset) and
+        return the hash of what was written, taken here in order."""
+        h = blake3()
         for ext in doc.extents:
-            sink.seek(ext.offset)
             if sparse:
                 length = sum(n for _, n in ext.chunks)
-                sink.hash_only(ext.offset.to_bytes(8, "little") + length.to_bytes(8, "little"))
-            for data in read_blobs(self.repo, self.pool, ext.chunks):
-                sink.add(data)
-        return sink.hexdigest()
+                h.update(ext.offset.to_bytes(8, "little") + length.to_bytes(8, "little"))
+            with contextlib.closing(read_blobs(self.repo, self.pool, ext.chunks, (fd, ext.offset))) as it:
+                for data in it:
+                    h.update(data)
+                    self.progress(len(data))
+        return h.hexdigest()
 
     def _split(self, fd: int, doc: HnswSplitList) -> str:
-        sink = _Sink(fd, self.progress)
-        for block in join_streams(lambda refs: read_blobs(self.repo, self.pool, refs), doc):
-            sink.add(block)
-        return sink.hexdigest()
+        """Write an hnsw-split file: records joined and hashed here, written by one thread
+        (at most WRITES_AHEAD blocks under way)."""
+        h = blake3()
+        pos = 0
+        inflight: deque[Future[None]] = deque()
+        try:
+            blocks = join_streams(lambda refs: read_blobs(self.repo, self.pool, refs), doc, reuse=False)
+            with contextlib.closing(blocks) as it:
+                for block in it:
+                    h.update(block)
+                    inflight.append(self.writes.submit(pwrite_all, fd, block, pos))
+                    pos += len(block)
+                    self.progress(len(block))
+                    if len(inflight) > WRITES_AHEAD:
+                        inflight.popleft().result()
+            while inflight:
+                inflight.popleft().result()
+        finally:
+            wait(inflight)  # never a write to `fd` after the caller closes it
+        return h.hexdigest()
 
 
 def data_of(doc: PlainList | HnswSplitList) -> int:
@@ -223,25 +235,37 @@ def check_free_space(need: int, where: Path, what: str) -> None:
         )
 
 
-def join_streams(blobs: Callable[[list[ChunkRef]], Iterator[bytes]], doc: HnswSplitList) -> Iterator[bytes]:
-    """The bytes of an hnsw-split file, in blocks of whole records, then its tail."""
+def join_streams(
+    blobs: Callable[[list[ChunkRef]], Iterator[bytes]], doc: HnswSplitList, reuse: bool = True
+) -> Generator[bytes | memoryview, None, None]:
+    """The bytes of an hnsw-split file, in blocks of whole records, then its tail. With
+    `reuse` a block is valid only until the next one is asked for (one buffer: the caller
+    hashes each before going on); without, each block is a buffer of its own."""
+    import numpy as np  # only when a level-0 file is really joined: keeps start-up fast
+
     rec, link = doc.record_size, doc.link_bytes
     vec = rec - link
     links, vectors = blobs(doc.links), blobs(doc.vectors)
     lbuf, vbuf = bytearray(), bytearray()
     done = 0
     per_block = max(1, (4 << 20) // rec)
+    out = np.empty((min(per_block, doc.records), rec), dtype=np.uint8)
     try:
         while done < doc.records:
             n = min(per_block, doc.records - done)
+            if not reuse and done:
+                out = np.empty_like(out)
             while len(lbuf) < n * link:
                 lbuf += next(links)
             while len(vbuf) < n * vec:
                 vbuf += next(vectors)
-            yield hnsw.join_records(bytes(lbuf[: n * link]), bytes(vbuf[: n * vec]), rec, link)
-            del lbuf[: n * link]
+            # the records interleaved in place: one copy of each stream, none of the result
+            out[:n, :link] = np.frombuffer(lbuf, np.uint8, n * link).reshape(n, link)
+            out[:n, link:] = np.frombuffer(vbuf, np.uint8, n * vec).reshape(n, vec)
+            del lbuf[: n * link]  # (the views above are gone: a bytearray cannot shrink under one)
             del vbuf[: n * vec]
             done += n
+            yield out[:n].data.cast("B")
     except StopIteration:
         raise StoreError("hnsw streams are shorter than their record count") from None
     if lbuf or vbuf or next(links, None) is not None or next(vectors, None) is not None:

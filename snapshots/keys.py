@@ -32,7 +32,7 @@ from .errors import StoreError, UsageError
 from .fsutil import crash_point
 
 KEY_FILE_VERSION: Final = 1
-KEYS_FOLDER: Final = "keys"
+KEYS_FOLDER: Final = crypto.KEYS_FOLDER
 MAX_KEY_FILE: Final = 64 * 1024
 SALT_SIZE: Final = 16
 KEY_ID_RE: Final = re.compile(r"[0-9a-f]{16}")

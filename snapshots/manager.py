@@ -616,11 +616,16 @@ class SnapshotManager:
     def _fresh_repo(self, create: bool = False) -> Repository:
         """The store read afresh under the store lock; an encrypted store's key, once
         unwrapped by this manager, is reused (the KDF runs once per manager)."""
-        if self._repo is not None and self._repo.codec.encrypted and self.backend.exists():
-            return self._repo.reopen()
-        if create:
-            return Repository.open_or_create(self.backend, self._password)
-        return Repository.open(self.backend, self._password)
+        earlier = self._repo
+        if earlier is not None and earlier.codec.encrypted and self.backend.exists():
+            repo = earlier.reopen()
+        elif create:
+            repo = Repository.open_or_create(self.backend, self._password)
+        else:
+            repo = Repository.open(self.backend, self._password)
+        if earlier is not None:
+            repo.adopt_index(earlier)  # only what changed since is read
+        return repo
 
     def _encrypted(self) -> Repository:
         repo = self.repo

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ SEALED_MAGIC = b"CSNPACK2"
 TRAILER_NAME = "pack-trailer"
 """The associated-data name of a sealed trailer (a pack's own name hashes the trailer too)."""
 BLOB_TYPES = ("data", "list", "records")
-_HEX64 = frozenset("0123456789abcdef")
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +53,7 @@ def pack_name(pack_id: str) -> str:
 
 
 def _is_key(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
-
-
-def _is_int(value: object) -> bool:
-    return type(value) is int
+    return type(value) is str and _KEY.fullmatch(value) is not None  # once per index row: fast
 
 
 def location(pack: str, row: object, overhead: int = 0) -> tuple[str, BlobLocation]:
@@ -70,7 +67,7 @@ def location(pack: str, row: object, overhead: int = 0) -> tuple[str, BlobLocati
         raise ValueError(f"{str(key)[:70]!r} is not a blob key")
     if btype not in BLOB_TYPES:
         raise ValueError(f"blob {key[:16]} has an unknown type {str(btype)[:20]!r}")
-    if not (_is_int(off) and _is_int(length) and _is_int(raw)):
+    if not (type(off) is int and type(length) is int and type(raw) is int):  # not bool
         raise ValueError(f"blob {key[:16]} has a non-integer offset or length")
     if not 0 <= raw <= limits.MAX_BLOB[btype]:
         raise ValueError(f"blob {key[:16]} claims {raw} bytes, more than a {btype} blob may have")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ from .sqlite_copy import record_hashes, write_records
 Record = tuple[str, int]
 """(record id, seq_id)."""
 CACHED_CHUNKS = 64
+READ_AHEAD = 8
+"""Record chunks being read ahead of the check (verify)."""
 """Record chunks a RecordSource keeps parsed (about 512 records each)."""
 Hashes = tuple[str | None, str]
 """(document hash or None, metadata hash) of one version of a record."""
@@ -150,9 +152,14 @@ class CollectionView:
 
     def all(self, skip: frozenset[str] | set[str] = frozenset()) -> Iterator[Record]:
         """Every record, leaving out chunks whose key is in `skip`."""
+        for run in self.runs(skip):
+            yield from run
+
+    def runs(self, skip: frozenset[str] | set[str] = frozenset()) -> Iterator[list[Record]]:
+        """The records chunk by chunk, leaving out chunks whose key is in `skip`."""
         for ref in self.chunks:
             if ref.key not in skip:
-                yield from self.source.chunk(ref.key)
+                yield self.source.chunk(ref.key)
 
     def lookup(self, record_id: str) -> Record | None:
         """The record with this id: one chunk read (ids are sorted, `first` per chunk)."""
@@ -173,8 +180,8 @@ class RecordSource:
     snapshot); holding every chunk read made a diff's memory grow with the collection."""
     vcache: dict[str, dict[tuple[int, str], Hashes]] = field(default_factory=dict)
 
-    def _raw(self, key: str) -> list[Any]:
-        raw = self.memory.get(key)
+    def _raw(self, key: str, raw: bytes | None = None) -> list[Any]:
+        raw = raw if raw is not None else self.memory.get(key)
         if raw is None:
             if self.repo is None:
                 raise StoreError(f"record chunk {key[:16]} is missing")
@@ -183,43 +190,63 @@ class RecordSource:
             rows = parse_json(raw, f"record chunk {key[:16]}", limits.MAX_BLOB["records"])
         except ManifestError as exc:
             raise StoreError(str(exc)) from None
-        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+        if not isinstance(rows, list) or not set(map(type, rows)) <= {list}:
             raise StoreError(f"record chunk {key[:16]} is not a list of rows")
         return rows
 
-    def chunk(self, key: str) -> list[Record]:
+    def chunk(self, key: str, raw: bytes | None = None) -> list[Record]:
+        """The records of one chunk (`raw`: its bytes, already read and checked)."""
         got = self.cache.get(key)
         if got is not None:
             self.cache.move_to_end(key)
             return got
-        rows = self._raw(key)
-        if not all(len(r) == 2 and isinstance(r[0], str) and _seq(r[1]) for r in rows):
+        columns = _columns(self._raw(key, raw), 2)
+        if columns is None or not (_all(columns[0], str) and _seqs(columns[1])):
             raise StoreError(f"record chunk {key[:16]} is not a list of [id, seq_id]")
-        got = self.cache[key] = [(r[0], r[1]) for r in rows]
+        got = self.cache[key] = list(zip(*columns, strict=True))
         if len(self.cache) > CACHED_CHUNKS:
             self.cache.popitem(last=False)
         return got
 
-    def versions(self, key: str) -> dict[tuple[int, str], Hashes]:
+    def versions(self, key: str, raw: bytes | None = None) -> dict[tuple[int, str], Hashes]:
         got = self.vcache.get(key)
         if got is None:
-            rows = self._raw(key)
-            if not all(
-                len(r) == 4
-                and _seq(r[0])
-                and isinstance(r[1], str)
-                and (r[2] is None or isinstance(r[2], str))
-                and isinstance(r[3], str)
-                for r in rows
+            columns = _columns(self._raw(key, raw), 4)
+            if columns is None or not (
+                _seqs(columns[0])
+                and _all(columns[1], str)
+                and set(map(type, columns[2])) <= {str, type(None)}
+                and _all(columns[3], str)
             ):
                 raise StoreError(f"versions chunk {key[:16]} is not a list of [seq_id, id, hash, hash]")
-            got = self.vcache[key] = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+            seqs, ids, docs, metas = columns
+            got = self.vcache[key] = dict(
+                zip(zip(seqs, ids, strict=True), zip(docs, metas, strict=True), strict=True)
+            )
         return got
 
 
-def _seq(value: object) -> bool:
-    """A seq_id: an integer (not a bool) within SQLite's."""
-    return type(value) is int and -(1 << 63) <= value < 1 << 64
+# A chunk's rows are checked a column at a time, in C-level loops (map, set, min, max): a
+# million records' index was checked one Python expression per record, seconds of verify
+# --quick (issue 20's profile).
+
+
+def _columns(rows: list[list[Any]], width: int) -> tuple[tuple[Any, ...], ...] | None:
+    """The columns of rows that all have `width` items; None when any has another length."""
+    if not rows:
+        return tuple(() for _ in range(width))
+    if set(map(len, rows)) != {width}:
+        return None
+    return tuple(zip(*rows, strict=True))
+
+
+def _all(column: tuple[Any, ...], kind: type) -> bool:
+    return set(map(type, column)) <= {kind}
+
+
+def _seqs(column: tuple[Any, ...]) -> bool:
+    """seq_ids: integers (not bools) within SQLite's."""
+    return _all(column, int) and (not column or (min(column) >= -(1 << 63) and max(column) < 1 << 64))
 
 
 class Side:
@@ -312,16 +339,37 @@ def check(repo: Repository, snap: Snapshot) -> list[str]:
     try:
         index = load_index(repo, snap.records)
         source = RecordSource(repo)
-        for coll in index.collections:
-            n = sum(len(source.chunk(c.key)) for c in coll.chunks)
-            if n != coll.records or n != sum(c.count for c in coll.chunks):
-                return [f"record index of {coll.name}: {n} records, the directory says {coll.records}"]
-        for v in index.versions:
-            if len(source.versions(v.key)) != v.count:
-                return [f"record index: versions chunk {v.key[:16]} does not hold {v.count} versions"]
+        with ThreadPoolExecutor(2, thread_name_prefix="chromasnap-records") as pool:
+            for coll in index.collections:
+                keys = [c.key for c in coll.chunks]
+                n = sum(len(source.chunk(k, raw)) for k, raw in _read_ahead(repo, pool, keys))
+                if n != coll.records or n != sum(c.count for c in coll.chunks):
+                    return [f"record index of {coll.name}: {n} records, the directory says {coll.records}"]
+            keys = [v.key for v in index.versions]
+            for v, (_key, raw) in zip(index.versions, _read_ahead(repo, pool, keys), strict=True):
+                if len(source.versions(v.key, raw)) != v.count:
+                    return [f"record index: versions chunk {v.key[:16]} does not hold {v.count} versions"]
     except StoreError as exc:
         return [f"record index: {exc}"]
     return []
+
+
+def _read_ahead(repo: Repository, pool: ThreadPoolExecutor, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of blobs in order, read and checked by `pool` at most READ_AHEAD ahead
+    (reading, decompressing and hashing run beside the parsing, outside the GIL)."""
+    window: deque[tuple[str, Future[bytes]]] = deque()
+    try:
+        for key in keys:
+            window.append((key, pool.submit(repo.read_blob, key)))
+            if len(window) > READ_AHEAD:
+                k, fut = window.popleft()
+                yield k, fut.result()
+        while window:
+            k, fut = window.popleft()
+            yield k, fut.result()
+    finally:
+        for _k, fut in window:
+            fut.cancel()
 
 
 # --- materializing chroma.sqlite3 alone ------------------------------------------------------

@@ -44,7 +44,7 @@ from chromasnap.manifest.io import loads, parse_json
 
 from . import locks
 from .backend import ObjectInfo, StorageBackend
-from .crypto import CIPHER_NAMES, AuthenticationError, Codec, PlainCodec, SealedCodec
+from .crypto import CIPHER_NAMES, KEYS_FOLDER, AuthenticationError, Codec, PlainCodec, SealedCodec
 from .errors import (
     ObjectExists,
     ObjectNotFound,
@@ -69,8 +69,6 @@ SNAPSHOT_NAME = re.compile(r"snapshots/([0-9a-f]{64})\.json")
 PasswordSource = Callable[[], str]
 """Gives the store's password when (and only when) an encrypted store is opened; the
 default reads CHROMASNAP_PASSWORD_FILE, _COMMAND, CHROMASNAP_PASSWORD or a terminal."""
-KEYS_FOLDER = "keys"
-"""keys.KEYS_FOLDER, named here so that opening a plain store does not import keys.py."""
 POLICY_NAME = "policy.json"
 """An encrypted store's retention rules, sealed (config.json's stay empty)."""
 
@@ -192,13 +190,10 @@ class Repository:
         `master_key`: an encrypted store sharing another's master key (`copy --same-key`:
         objects then move between the two unchanged). An encrypted store's `retention` goes
         into its sealed policy.json, never into config.json."""
-        from . import keys as keyfiles
-        from .password import read_password
-
         if backend.exists():
             raise UsageError(f"a chromasnap store already exists at {backend.location}")
         backend.create()
-        if backend.list(keyfiles.KEYS_FOLDER):  # an `init --encrypt` that died before config.json
+        if backend.list(KEYS_FOLDER):  # an `init --encrypt` that died before config.json
             raise UsageError(
                 f"{backend.location} has key files but no config.json (an interrupted init?): "
                 "remove its keys/ folder first"
@@ -209,6 +204,9 @@ class Repository:
         rules: RetentionPolicy | None = None
         if encrypt:
             rules = config.pop("retention", None)
+            from . import keys as keyfiles  # argon2 and cryptography: for a sealed store only
+            from .password import read_password
+
             config = {**config, "version": ENCRYPTED_STORE_VERSION, "encryption": Encryption()}
             pw = password() if password else read_password(confirm=True)
             master, key = keyfiles.create_master_key(backend, store_id, pw, kdf=kdf, master_key=master_key)
@@ -370,6 +368,29 @@ class Repository:
         with contextlib.suppress(ObjectExists):  # the same content, named by its hash
             self.backend.save(name, self.codec.seal(name, raw), create_only=True)
         return name
+
+    def adopt_index(self, earlier: Repository) -> None:
+        """Take over the index an earlier opening of the same store loaded, then top it up
+        (`refresh_index`: files written since, or everything again after another process's
+        gc). A manager's every snapshot reloaded and rechecked every index file: an unchanged
+        snapshot's time grew with the store (issue 20's profile: 85% of it)."""
+        if earlier is self or earlier._index is None or earlier.config.id != self.config.id:
+            return
+        if earlier.codec.encrypted != self.codec.encrypted:
+            return
+        with earlier._index_lock:
+            self._index, self._index_files = earlier._index, set(earlier._index_files)
+            self.index_problems.update(
+                {k: v for k, v in earlier.index_problems.items() if k in earlier._index_files}
+            )
+        self.refresh_index()
+
+    def indexed(self, name: str, rows: dict[str, BlobLocation]) -> None:
+        """Index file `name`, just written, is already in `rows`: when those are this
+        repository's index, the next refresh need not read the file back."""
+        if rows is self._index:
+            with self._index_lock:
+                self._index_files.add(name)
 
     def reset_index(self) -> None:
         """Forget the cached index (after gc rewrote it)."""
@@ -729,10 +750,11 @@ class BlobWriter:
             fut.result()  # a failed pack fails the snapshot before anything refers to it
         packs = list(self._packs)
         if self._packs and write_index:
-            self.repo.write_index(self._packs)
+            name = self.repo.write_index(self._packs)
             for pack in self._packs:
                 for key, btype, off, length, rawlen in pack.blobs:
                     self.known[key] = BlobLocation(pack.id, btype, off, length, rawlen)
+            self.repo.indexed(name, self.known)
         self._packs = []
         return packs
 

@@ -159,7 +159,8 @@ def restore(
             )
             try:  # probe a copy: chromadb may write on open, the restore must stay exact
                 copy_database(staging, probe_dir)
-                report = checker.run_probe(probe_dir, snap.wal, python, timeout or checker.DEFAULT_TIMEOUT)
+                seconds = checker.probe_timeout(snap.wal, timeout)
+                report = checker.run_probe(probe_dir, snap.wal, python, seconds)
             finally:
                 shutil.rmtree(probe_dir, ignore_errors=True)
             if not report.ok:

@@ -5,19 +5,27 @@ e.g. `{"sysdb": 10, "metadb": 6, "embeddings_queue": 2}`). A chromadb that does 
 cannot open that database safely, and one that knows more migrates it on open, for good. The levels
 an install knows are read the only way that is exact for chromadb 1.x (its Rust core carries the
 migrations): a child of that interpreter creates an empty database in a temporary folder and the
-parent reads the levels it wrote.
+parent reads the levels it wrote. That child imports chromadb (seconds), so the answer for this
+interpreter's own chromadb is kept in the user's cache (`$XDG_CACHE_HOME/chromasnap/schema-levels.json`),
+keyed by the installed distribution's RECORD: an upgrade or reinstall asks again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import children
+from chromasnap.manifest import ManifestError
+from chromasnap.manifest.io import parse_json
+
+from . import children, fsutil
 from .errors import UsageError
 
 KNOWN_TIMEOUT = 120.0
@@ -54,10 +62,25 @@ class VersionMismatch(UsageError):
 
 def known_migrations(python: str | None = None) -> Known:
     """The levels the chromadb of `python` (default: this interpreter) creates a new database
-    at, found by a child process (cached for the life of this process)."""
+    at, found by a child process (cached for the life of this process; this interpreter's
+    answer also between runs, `cache_path()`)."""
     exe = python or sys.executable
     if exe in _known:
         return _known[exe]
+    install = _install_id(exe)
+    cached = _cached(exe, install) if install else None
+    if cached is not None:
+        _known[exe] = cached
+        return cached
+    known = _ask(exe)
+    if install:
+        _remember(install, known)
+    _known[exe] = known
+    return known
+
+
+def _ask(exe: str) -> Known:
+    """The levels of `exe`'s chromadb, from a child that creates an empty database."""
     work = Path(tempfile.mkdtemp(prefix="chromasnap-migrations-"))
     try:
         try:  # the one child runner: its own session, killed as a group, dies with us
@@ -78,8 +101,92 @@ def known_migrations(python: str | None = None) -> Known:
             raise UsageError(f"chromadb in {exe} answered no schema levels") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _known[exe] = known
     return known
+
+
+# --- the answer for this interpreter's chromadb, kept across runs ------------------------
+
+CACHE_NAME = "schema-levels.json"
+CACHE_LIMIT = 64 << 10
+CACHE_ENTRIES = 16
+
+
+def cache_path() -> Path:
+    """Where the levels known by this interpreter's chromadb are kept between runs."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "chromasnap" / CACHE_NAME
+
+
+def _install_id(exe: str) -> str | None:
+    """What identifies the chromadb that `exe` imports, found without running it: for this
+    very interpreter (the path as given, not resolved: a venv's python links to its base),
+    the hash of the path, chromadb's version and its RECORD (the hash of every installed
+    file); None for another interpreter or when chromadb's metadata cannot be read."""
+    if exe != sys.executable:
+        return None
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("chromadb")
+        record = dist.read_text("RECORD")
+    except (metadata.PackageNotFoundError, OSError):
+        return None
+    if not record:
+        return None
+    h = hashlib.sha256()
+    for part in (exe, str(dist.version), record):
+        h.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
+
+
+def _read_cache() -> dict[str, object]:
+    """The cache's entries; empty when it is missing, not our own regular file, or not valid."""
+    path = cache_path()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > CACHE_LIMIT:
+            return {}
+        raw = os.read(fd, CACHE_LIMIT + 1)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    try:
+        doc = parse_json(raw, str(path), CACHE_LIMIT)
+    except ManifestError:
+        return {}
+    entries = doc.get("entries") if isinstance(doc, dict) else None
+    return entries if isinstance(entries, dict) else {}
+
+
+def _cached(exe: str, install: str) -> Known | None:
+    entry = _read_cache().get(install)
+    if not isinstance(entry, dict):
+        return None
+    version, levels = entry.get("chromadb"), entry.get("levels")
+    if not isinstance(version, str) or not isinstance(levels, dict) or not levels:
+        return None
+    if not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in levels.items()):
+        return None
+    return Known(exe, version, dict(levels))
+
+
+def _remember(install: str, known: Known) -> None:
+    """Add `known` to the cache (crash-safe replace); a cache that cannot be written is skipped."""
+    entries = {k: v for k, v in _read_cache().items() if k != install}
+    kept = dict(list(entries.items())[-(CACHE_ENTRIES - 1) :])
+    kept[install] = {"chromadb": known.chromadb_version, "levels": known.levels}
+    raw = json.dumps({"version": 1, "entries": kept}).encode()  # oldest first
+    path = cache_path()
+    try:
+        fsutil.make_private_dirs(path.parent)
+        fsutil.atomic_write(path, raw)
+    except OSError:
+        pass
 
 
 def _levels(levels: dict[str, int]) -> str:

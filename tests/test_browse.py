@@ -428,3 +428,67 @@ def test_diff_holds_a_batch_of_records_not_the_collection(
     by = {c.name: c for c in streamed.collections}
     assert by["coll0"].removed == by["coll0"].added > 0 and by["coll0"].changed >= 2 * 125
     assert by["coll0"].fields.keys() == {"document", "metadata"} and by["coll1"].changed > 0
+
+
+def test_record_chunks_are_checked_a_column_at_a_time() -> None:
+    """verify --quick checked a record index one Python expression per record (seconds for a
+    million: issue 20's profile); the column checks that replaced it refuse what it refused."""
+    from chromasnap.snapshots import StoreError, records
+
+    def chunk(rows: object) -> object:
+        return records.RecordSource(memory={"k": json.dumps(rows).encode()}).chunk("k")
+
+    def versions(rows: object) -> object:
+        return records.RecordSource(memory={"k": json.dumps(rows).encode()}).versions("k")
+
+    assert chunk([["a", 1], ["b", 2]]) == [("a", 1), ("b", 2)] and chunk([]) == []
+    for bad in (
+        [["a", True]],
+        [["a"]],
+        [["a", 1, 2]],
+        [["a", 1], ["b"]],
+        [[1, 1]],
+        [["a", 1.5]],
+        [["a", 1 << 64]],
+        [["a", -(1 << 63) - 1]],
+        ["a", 1],
+    ):
+        with pytest.raises(StoreError, match="record chunk"):
+            chunk(bad)
+    got = versions([[1, "a", None, "h"], [2, "b", "d", "m"]])
+    assert got == {(1, "a"): (None, "h"), (2, "b"): ("d", "m")}
+    for bad in ([[1, "a", 3, "h"]], [[True, "a", None, "h"]], [[1, "a", None]], [[1, 2, None, "h"]]):
+        with pytest.raises(StoreError, match="versions chunk"):
+            versions(bad)
+
+
+def test_diff_merges_windows_of_chunks_as_the_record_walk_did() -> None:
+    """diff walked a million records one Python step each (issue 20's profile); it now compares
+    windows of chunks as dicts. Against the record-by-record answer, on chunkings that cut the
+    two sides at different ids, with records only on one side, and out-of-order input refused."""
+    import random
+
+    from chromasnap.snapshots import browse
+
+    rng = random.Random(20)
+
+    def chunks(recs: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+        out, i = [], 0
+        while i < len(recs):
+            n = rng.randint(0, 7)
+            out.append(recs[i : i + n])
+            i += n
+        return out
+
+    for _ in range(200):
+        ids = sorted(f"id{n:03d}" for n in rng.sample(range(300), rng.randint(0, 60)))
+        a = [(i, rng.randint(1, 3)) for i in ids if rng.random() < 0.8]
+        b = [(i, rng.randint(1, 3)) for i in ids if rng.random() < 0.8]
+        da, db = dict(a), dict(b)
+        every = [(k, da.get(k), db.get(k)) for k in sorted(da.keys() | db.keys())]
+        assert list(browse._merged(iter(chunks(a)), iter(chunks(b)))) == every
+        differ = [t for t in every if t[1] != t[2]]
+        assert list(browse._merged(iter(chunks(a)), iter(chunks(b)), same=True)) == differ
+    for bad in ([[("b", 1), ("a", 1)]], [[("a", 1), ("a", 2)]], [[("b", 1)], [("a", 1)]]):
+        with pytest.raises(browse._Unsorted):
+            list(browse._merged(iter(bad), iter([])))

@@ -91,6 +91,8 @@ def test_schema_prints_json_schema() -> None:
 
 
 def test_list_does_not_import_chromadb(db: Path) -> None:
+    """Nor numpy, nor (a plain store) argon2 and cryptography: start-up is most of a command's
+    time on a busy machine (issue 20's profile: imports held the GIL for half a snapshot)."""
     assert cli("snapshot", "--db", str(db)).returncode == 0
     code = (
         "import runpy, sys\n"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
+from chromasnap.manifest import RetentionPolicy
 from chromasnap.snapshots import CaptureError, LocalBackend, LockTimeout, SnapshotManager, StoreError
 from chromasnap.snapshots.pack import parse_trailer
 from conftest import tree_bytes
@@ -225,3 +226,38 @@ def test_store_of_more_packs_than_the_fd_cache_verifies_and_extracts(db: Path, t
     mgr = SnapshotManager(db, store)
     assert mgr.verify(snap.id, quick=True).ok
     assert tree_bytes(mgr.extract(snap.id, tmp_path / "out")) == tree_bytes(db)
+
+
+def test_a_manager_reads_each_index_file_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every snapshot reopened the store and reloaded and rechecked every index file: an
+    unchanged snapshot's time grew with everything ever stored (issue 20's profile: 85% of
+    it). A manager now tops its index up with the files written since; after another
+    process's gc removed index files, it reads them all again."""
+    from chromasnap.snapshots import repository
+
+    loaded: list[str] = []
+    real = repository.Repository._load_index_file
+
+    def counting(self: repository.Repository, idx: dict[str, object], name: str, raw: bytes) -> object:
+        loaded.append(name)
+        return real(self, idx, name, raw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(repository.Repository, "_load_index_file", counting)
+    store = db.parent / "store"
+    mine, other = SnapshotManager(db, store), SnapshotManager(db, store)
+    first = mine.snapshot()
+    (db / "extra.txt").write_text("new bytes, a new pack and index file")
+    time.sleep(2.1)  # past the racy window: the unchanged files are taken from the parent
+    other.snapshot()
+    loaded.clear()
+    second = mine.snapshot()  # reads the index file `other` wrote, and only that one
+    assert len(loaded) == 1 and second.totals.new_blobs == 0
+    loaded.clear()
+    mine.snapshot()  # nothing new anywhere: no index file read
+    assert loaded == []
+    other.prune(RetentionPolicy(keep_last=1))  # gc consolidates the index files: all read again
+    assert first.id not in {s.id for s in mine.list()}
+    loaded.clear()
+    mine.snapshot()
+    files = LocalBackend(store).list("index")
+    assert sorted(loaded) == sorted(o.name for o in files)

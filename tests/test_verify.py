@@ -295,3 +295,21 @@ def test_a_crash_that_prints_undecodable_bytes_is_a_verdict(tmp_path: Path) -> N
     report = run_probe(tmp_path, None, python=str(fake), timeout=60)
     assert (report.verdict, report.signal) == ("crashed", "SIGSEGV")
     assert "panic at \ufffd\ufffd" in report.stderr
+
+
+def test_the_probe_timeout_grows_with_the_collections() -> None:
+    """A flat 120 s did not open 1,000 collections on a busy 2-core machine (issue 20's
+    `wide` workload: every full verify timed out): the default grows per collection, and a
+    timeout given is kept as given."""
+    from chromasnap.manifest import CollectionState, WalState
+    from chromasnap.snapshots import checker
+
+    def wal(n: int) -> WalState:
+        return WalState(
+            journal_mode="delete", collections=[CollectionState(id=f"c{i}", name=f"c{i}") for i in range(n)]
+        )
+
+    assert checker.probe_timeout(None) == checker.DEFAULT_TIMEOUT
+    assert checker.probe_timeout(wal(2)) == checker.DEFAULT_TIMEOUT + 2 * checker.PER_COLLECTION_S
+    assert checker.probe_timeout(wal(1000)) >= checker.DEFAULT_TIMEOUT + 1000 * checker.PER_COLLECTION_S
+    assert checker.probe_timeout(wal(1000), 30.0) == 30.0

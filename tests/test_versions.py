@@ -4,14 +4,16 @@ slice of length 9"), and a verify with a newer chromadb says it migrates, one wa
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from chromasnap.snapshots import SnapshotManager
+from chromasnap.snapshots import SnapshotManager, versions
 from chromasnap.snapshots.versions import (
     VersionMismatch,
     check_openable,
@@ -118,3 +120,35 @@ def test_a_snapshot_from_a_newer_chromadb_is_refused_by_restore_and_recover(db: 
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "--force" in r.stderr
     assert (db / "chroma.sqlite3").read_bytes() == before
+
+
+def test_this_interpreters_levels_are_kept_between_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking chromadb costs a child that imports it (seconds on every restore, issue 20's
+    profile): this interpreter's answer is kept in the user's cache, keyed by its chromadb
+    install, and read back instead of asking again; nothing but our own regular file is read."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(versions, "_known", {})
+    asked = known_migrations()
+    cache = versions.cache_path()
+    assert cache.is_file() and stat.S_IMODE(cache.stat().st_mode) == 0o600
+    install = versions._install_id(sys.executable)
+    assert install is not None and versions._install_id("/usr/bin/python3") is None  # never another's
+    doc = json.loads(cache.read_text())
+    assert doc["entries"][install] == {"chromadb": asked.chromadb_version, "levels": asked.levels}
+    # a later run answers from the cache: shown by an answer only the cache holds
+    doc["entries"][install]["levels"] = {"sysdb": 77}
+    cache.write_text(json.dumps(doc))
+    monkeypatch.setattr(versions, "_known", {})
+    assert known_migrations().levels == {"sysdb": 77}
+    # a malformed entry, or a cache that is a symlink, is not an answer
+    doc["entries"][install]["levels"] = {"sysdb": "77"}
+    cache.write_text(json.dumps(doc))
+    assert versions._cached(sys.executable, install) is None
+    doc["entries"][install]["levels"] = {"sysdb": 77}
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(doc))
+    cache.unlink()
+    cache.symlink_to(elsewhere)
+    assert versions._read_cache() == {} and versions._cached(sys.executable, install) is None
