@@ -129,12 +129,13 @@ def _install_id(exe: str) -> str | None:
     try:
         dist = metadata.distribution("chromadb")
         record = dist.read_text("RECORD")
-    except (metadata.PackageNotFoundError, OSError):
-        return None
+        version = str(dist.version)  # parses METADATA (email.parser): may fail where record did not
+    except (metadata.PackageNotFoundError, OSError, ImportError):
+        return None  # not cached: the child is asked, as for another interpreter
     if not record:
         return None
     h = hashlib.sha256()
-    for part in (exe, str(dist.version), record):
+    for part in (exe, version, record):
         h.update(part.encode("utf-8", "surrogateescape") + b"\0")
     return h.hexdigest()
 
