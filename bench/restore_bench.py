@@ -1,7 +1,8 @@
 """Restore benchmark (issue 5): restore against `zstd -d | tar -x`, recover against the
-probe floor, and before_write on an unchanged database.
+probe floor, before_write on an unchanged database, and the first snapshot after a restore
+with the restored-state note and without it (the note removed: what capture did before it).
 
-    python bench/restore_bench.py [--runs 3]
+    python bench/restore_bench.py [--runs 3] [--after-restore-only] [--work DIR]
 """
 
 from __future__ import annotations
@@ -19,18 +20,53 @@ from common import CACHE, bench_db, fresh_copy, run
 from verify_bench import FLOOR
 
 from chromasnap.snapshots import SnapshotManager
+from chromasnap.snapshots.restored import note_name
+
+
+def after_restore(mgr: SnapshotManager, snap_id: str, n: int) -> None:
+    """The first snapshot after a restore, alternately without the note (removed after the
+    restore: every file read again, as before the note) and with it."""
+    assert mgr.db_path is not None and mgr.store_path is not None
+    note = Path(mgr.store_path) / note_name(mgr.db_path)
+    took: dict[str, list[float]] = {"without note": [], "with note": []}
+    read: dict[str, list[int]] = {"without note": [], "with note": []}
+    for _ in range(n):
+        for how in took:
+            mgr.restore(snap_id, verify=False, backup=False)
+            mgr.purge_kept()
+            if how == "without note":
+                note.unlink()
+            t0 = time.perf_counter()
+            s = mgr.snapshot(reason="bench")
+            took[how].append(time.perf_counter() - t0)
+            read[how].append(s.totals.read_bytes)
+    for how, times in took.items():
+        print(
+            f"first snapshot after a restore, {how}: median {statistics.median(times):.2f} s "
+            f"({', '.join(f'{t:.2f}' for t in times)}), read {statistics.median(read[how]) / 1e6:.1f} MB"
+        )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
-    n = ap.parse_args().runs
-    root = CACHE / "restore"
+    ap.add_argument(
+        "--after-restore-only", action="store_true", help="only the first snapshot after a restore"
+    )
+    ap.add_argument("--work", type=Path, default=CACHE / "restore")
+    args = ap.parse_args()
+    n = args.runs
+    root = args.work
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     db = fresh_copy(bench_db(), root / "chroma")
     mgr = SnapshotManager(db, root / "store")
     snap = mgr.snapshot()
+    if args.after_restore_only:
+        print(f"database: {snap.totals.logical_bytes / 1e6:.1f} MB")
+        after_restore(mgr, snap.id, n)
+        shutil.rmtree(root, ignore_errors=True)
+        return 0
     tarball = root / "db.tar.zst"
     subprocess.run(
         f"tar -cf - -C {db.parent} {db.name} | zstd -3 -T0 -q -f -o {tarball}", shell=True, check=True
@@ -87,6 +123,7 @@ def main() -> int:
         f"before_write (unchanged database) median {statistics.median(bw) * 1000:.0f} ms over {len(bw)} "
         "(target <= 300 ms)"
     )
+    after_restore(mgr, snap.id, n)
     return 0
 
 

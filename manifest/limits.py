@@ -20,6 +20,8 @@ MAX_INDEX_FILE = 256 << 20
 MAX_CATALOG = 64 << 20
 MAX_SMALL_DOC = 64 << 10
 """Write intents, lock.owner."""
+MAX_RESTORED_NOTE = 16 << 20
+"""The restored-state note of a database (about 150 bytes per file of the database)."""
 MAX_JOURNAL = 16 << 20
 """A swap journal (mount mode lists the database folder's entries)."""
 MAX_TRAILER = 64 << 20

@@ -533,3 +533,27 @@ class LockOwner(_Model):
         return json.dumps(
             {"pid": self.pid, "host": self.host, "command": self.command, "since": self.since}
         ).encode()
+
+
+class RestoredFile(_Model):
+    """One file of a restored database as it was in place when the note was taken."""
+
+    path: EntryPath
+    size: Size
+    mtime_ns: TimeNs
+    ctime_ns: TimeNs
+    inode: Count
+
+
+class RestoredState(_Model):
+    """`restored/<key>.json` beside the write lock: the database `db` holds, file for file,
+    what snapshot `snapshot` holds, as of `taken_ns` (a timestamp of the database's own
+    file system, taken after the files were fsynced and before they were stat'ed). Capture
+    trusts a file whose stat tuple still equals the note's and whose ctime is before
+    `taken_ns` (docs/capture.md). Written by `restored.record` only; hostile input."""
+
+    version: Literal[1] = 1
+    db: str = Field(max_length=limits.MAX_PATH)
+    snapshot: Key
+    taken_ns: TimeNs
+    files: list[RestoredFile] = Field(default_factory=list, max_length=limits.MAX_ENTRIES)

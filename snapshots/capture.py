@@ -46,6 +46,7 @@ from .layout import OWN_PREFIX, SQLITE_NAME, SQLITE_SIDE_FILES
 from .owner import of_directory
 from .records import parent_versions, store_records
 from .repository import BlobWriter, Repository
+from .restored import Restored
 from .sqlite_copy import SqliteCopy
 from .sqlite_state import apply_hnsw, read_wal_state_file
 
@@ -58,6 +59,10 @@ RETRIES = 4
 RACY_NS = 2_000_000_000
 """A file modified this close to the parent's capture may have changed unseen within one
 mtime tick, so it is read again instead of trusted (git's "racily clean" rule)."""
+RESTORED_RACY_NS = 0
+"""The same margin against a restored-state note's time: none beyond "strictly before", since
+that time is a ctime of the database's own file system (same clock, same granularity),
+taken before the files' stat tuples (restored.py); a later change gets a later ctime."""
 
 Progress = Callable[[int], None]
 LIVE_JOURNAL_ACTION = "journal of a transaction in progress; its changes are not captured"
@@ -396,8 +401,10 @@ def capture(
     root: Path,
     parent: Snapshot | None,
     progress: Progress | None = None,
+    restored: Restored | None = None,
 ) -> Captured:
-    """Capture `root`: its dirs, files, skipped entries, WAL state and record index."""
+    """Capture `root`: its dirs, files, skipped entries, WAL state and record index. Files
+    unchanged since `parent`, or since the restore that `restored` notes, are not read."""
     cap = Capturer(repo, writer, progress)
     found = scan(root)
     scratch = repo.workdir.ensure()
@@ -405,17 +412,43 @@ def capture(
     racy_before = int(parent.created_at.timestamp() * 1e9) - RACY_NS if parent else 0
     index = repo.index()
     reused = 0
+    source: dict[str, Snapshot] = {}
+    """The snapshot each file taken without reading came from (the parent, or the restored one)."""
 
     def reusable(rel: str, st: os.stat_result) -> FileEntry | None:
+        now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         old = prev.get(rel)
         if (
             old is not None
-            and (old.size, old.mtime_ns, old.ctime_ns, old.inode)
-            == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            and parent is not None
+            and (old.size, old.mtime_ns, old.ctime_ns, old.inode) == now
             and st.st_ctime_ns < racy_before
             and old.chunk_list in index
         ):
+            source[rel] = parent
             return old.model_copy(update={"captured_by": "parent"})
+        # the database as a restore left it (restored.py): the note's stat tuple, a ctime
+        # before the note's marker (same file system clock), and the snapshot's own entry
+        noted = restored.files.get(rel) if restored is not None else None
+        if noted is not None and restored is not None:
+            seen, entry = noted
+            if (
+                (seen.size, seen.mtime_ns, seen.ctime_ns, seen.inode) == now
+                and st.st_ctime_ns < restored.note.taken_ns - RESTORED_RACY_NS
+                and entry.size == st.st_size
+                and entry.chunk_list in index
+            ):
+                cap.stats.restored_files += 1
+                source[rel] = restored.snapshot
+                return entry.model_copy(
+                    update={
+                        "captured_by": "parent",
+                        "mtime_ns": st.st_mtime_ns,
+                        "ctime_ns": st.st_ctime_ns,
+                        "inode": st.st_ino,
+                        "mode": stat.S_IMODE(st.st_mode),
+                    }
+                )
         return None
 
     files: dict[str, FileEntry] = {}
@@ -428,18 +461,19 @@ def capture(
     wal: WalState
     records: str | None = None
     sq_old = reusable(SQLITE_NAME, stats[SQLITE_NAME])
+    sq_from = source.get(SQLITE_NAME)
     if (
         sq_old is not None
-        and parent is not None
+        and sq_from is not None
         and not found.side_files
-        and parent.wal.journal_mode == "delete"
-        and parent.records is not None
+        and sq_from.wal.journal_mode == "delete"
+        and sq_from.records is not None
     ):
         files[SQLITE_NAME] = sq_old
         # a deep copy through pydantic-core: copy.deepcopy of 1,000 collections' state was
         # the largest part of an unchanged snapshot of the `wide` workload (issue 20)
-        wal = WalState.model_validate(parent.wal.model_dump())
-        records = parent.records
+        wal = WalState.model_validate(sq_from.wal.model_dump())
+        records = sq_from.records
         reused += 1
     else:
         # content hashes of the records written since the parent (its index names those
@@ -471,10 +505,12 @@ def capture(
             reused += sum(1 for e in entries if e.captured_by == "parent")
             if warning:
                 damage.append(warning)
-            elif parent is not None and all(e.captured_by == "parent" for e in entries):
-                # unchanged since the parent: so is what the parent found wrong with it
+            elif entries and all(e.captured_by == "parent" for e in entries):
+                # unchanged since the parent (or the restored snapshot): so is what it
+                # found wrong with it
                 mark = f"segment {folder}{DAMAGE_MARK}"
-                damage += [w for w in parent.wal.warnings if w.startswith(mark)]
+                for snap in {source[e.path].id: source[e.path] for e in entries}.values():
+                    damage += [w for w in snap.wal.warnings if w.startswith(mark) and w not in damage]
             for e in entries:
                 files[e.path] = e
             if folder:
@@ -543,6 +579,9 @@ class CaptureStats:
     """Folders captured as found: inconsistent, and unchanged over AT_REST_S."""
     lock_held_s: float = 0.0
     """Seconds the SQLite read lock was kept while the folders were read."""
+    restored_files: int = 0
+    """Files taken, without reading them, from the snapshot a restore put in place (the
+    restored-state note, restored.py)."""
 
 
 def _read_small(path: Path, limit: int) -> bytes | str | None:
@@ -694,14 +733,16 @@ def take_snapshot(
     tags: Sequence[str],
     note: str | None,
     progress: Progress | None = None,
+    restored: Restored | None = None,
 ) -> tuple[Snapshot, CaptureStats]:
     """Capture `db_path` into `repo` and write the snapshot's document (packs, then the
     index file, then the document and the catalog entry); the caller holds the store lock.
-    Unchanged files are taken from `parent` (the newest snapshot of the same database)."""
+    Unchanged files are taken from `parent` (the newest snapshot of the same database), or
+    from the snapshot a restore put in place (`restored`, restored.load)."""
     started = datetime.now(UTC)
     writer = repo.writer()
     try:
-        cap = capture(repo, writer, db_path, parent, progress)
+        cap = capture(repo, writer, db_path, parent, progress, restored)
         writer.commit()
     except BaseException:
         writer.abort()

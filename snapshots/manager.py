@@ -42,6 +42,7 @@ class _OnFirstUse:
 if TYPE_CHECKING:
     from . import aio, browse, capture, checker, extract, gc, guard, mirror, prune, restore, rollforward
     from . import keys as keyfiles
+    from . import restored as restored_state
     from .browse import CollectionRestoreResult, DiffResult, ExportResult, FindResult, PeekResult
     from .capture import CaptureStats
     from .checker import HealthReport, VerifyReport
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from .rollforward import RollForwardReport
 else:
     keyfiles = _OnFirstUse("keys")  # argon2 and cryptography: for encrypted stores only
+    restored_state = _OnFirstUse("restored")
     aio, browse, capture, checker, extract, gc, guard, mirror, prune, restore, rollforward = map(
         _OnFirstUse,
         (
@@ -227,8 +229,9 @@ class SnapshotManager:
             repo = self._repo = self._fresh_repo(create=True)
             t0 = time.monotonic()
             parent = self._parents.newest(repo)
+            restored = restored_state.load(self._local, repo, db_path)  # after a restore
             snap, self.last_capture = capture.take_snapshot(
-                repo, db_path, parent, reason, tags, note, progress
+                repo, db_path, parent, reason, tags, note, progress, restored
             )
             self._parents.add(snap)
             self.last_duration_s = time.monotonic() - t0

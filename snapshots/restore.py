@@ -16,7 +16,7 @@ from pydantic import BaseModel, model_validator
 
 from chromasnap.manifest import Snapshot
 
-from . import checker, owner, swap, versions
+from . import checker, owner, restored, swap, versions
 from .backend import StorageBackend
 from .errors import ChromasnapError, StoreError, UsageError
 from .extract import extract
@@ -195,6 +195,8 @@ def restore(
         raise
     result.mode = done.mode
     result.kept_path = str(done.kept) if done.kept else None
+    # the next snapshot takes these files from `snap` without reading them (restored.py)
+    restored.record(mgr.local, mgr.repo, given, db, snap)
     return result
 
 

@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 from test_verify import _corrupt_links, cli
 
+from chromasnap.manifest import Snapshot
+from chromasnap.manifest.limits import MAX_RESTORED_NOTE
 from chromasnap.snapshots import SnapshotManager, StoreError
 from chromasnap.snapshots.restore import RestoreRefused
+from chromasnap.snapshots.restored import note_name
 from chromasnap.snapshots.swap import is_mount_point
 from conftest import counts, flip_ignored_bit, run_sample, tree_bytes
 
@@ -350,3 +354,76 @@ def test_restore_of_more_files_than_the_open_file_limit(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert tree_bytes(db) == state
+
+
+# --- the restored-state note: the first snapshot after a restore reads nothing ----------
+
+
+def _content(snap: Snapshot) -> dict[str, tuple[str, str, int]]:
+    return {f.path: (f.hash, f.chunk_list, f.size) for f in snap.files}
+
+
+def _restored(db: Path) -> tuple[SnapshotManager, Snapshot, Path]:
+    """A snapshot, the database grown past it, the snapshot restored: the manager, the
+    restored snapshot and the note written for the database."""
+    mgr = SnapshotManager(db)
+    old = mgr.snapshot()
+    run_sample("grow", str(db), "--fraction", "0.2")
+    mgr.restore(old.id, verify=False)
+    note = Path(mgr.store_path or "") / note_name(db)
+    assert note.is_file()
+    return mgr, old, note
+
+
+def test_first_snapshot_after_a_restore_reads_no_file(db: Path) -> None:
+    mgr, old, _note = _restored(db)
+    snap = mgr.snapshot()
+    assert snap.totals.read_bytes == 0 and snap.totals.reused_files == len(snap.files)
+    assert mgr.last_capture is not None and mgr.last_capture.restored_files == len(old.files)
+    assert _content(snap) == _content(old) and snap.records == old.records
+    assert snap.wal.collections == old.wal.collections
+    # its entries are the files as now in place: the snapshot after it trusts them too
+    assert {f.path: f.inode for f in snap.files} == {f.path: os.lstat(db / f.path).st_ino for f in snap.files}
+    again = mgr.snapshot()
+    assert again.totals.read_bytes == 0 and _content(again) == _content(old)
+    assert mgr.verify(snap.id, quick=True).ok
+
+
+def test_a_file_changed_after_a_restore_is_read_again(db: Path) -> None:
+    """Size and mtime kept (os.utime) after a content change: the ctime still tells."""
+    mgr, old, _note = _restored(db)
+    rel = next(f.path for f in old.files if f.path.endswith("/length.bin") and f.size >= 8)
+    path = db / rel
+    st = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    snap = mgr.snapshot()
+    changed = {f.path: f for f in snap.files}[rel]
+    assert changed.captured_by == "read" and changed.hash == blake3(bytes(data)).hexdigest()
+    assert snap.totals.read_bytes == len(data)
+    assert {p: v for p, v in _content(snap).items() if p != rel} == {
+        p: v for p, v in _content(old).items() if p != rel
+    }
+
+
+def test_a_corrupt_oversized_or_foreign_note_is_ignored(db: Path) -> None:
+    mgr, old, note = _restored(db)
+    good = json.loads(note.read_bytes())
+    size = sum(f.size for f in old.files)
+    bad = {
+        "corrupt": b"{not json",
+        "oversized": b" " * (MAX_RESTORED_NOTE + 1),
+        "another database": json.dumps({**good, "db": str(db.parent / "other")}).encode(),
+        "a snapshot not in the store": json.dumps({**good, "snapshot": "ab" * 32}).encode(),
+        "an unknown field": json.dumps({**good, "trust": True}).encode(),
+    }
+    for why, body in bad.items():
+        mgr.restore(old.id, verify=False, backup=False)  # new inodes: no parent matches either
+        note.write_bytes(body)
+        snap = mgr.snapshot()
+        assert snap.totals.read_bytes >= size, why  # every file read again
+        assert _content(snap) == _content(old), why
+        assert mgr.last_capture is not None and mgr.last_capture.restored_files == 0, why

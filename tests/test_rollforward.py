@@ -149,6 +149,11 @@ def test_inflated_header_recovers_every_record_bit_exact(
     assert by_name["newc"]["status"] == "created" and by_name["newc"]["added"] == 300
     assert by_name["coll1"]["status"] == "dropped"
     assert report["checked"] == 1020 + 100 + 300
+    # the pre-roll-forward snapshot took the restored files from the restored snapshot,
+    # reading none (the restored-state note)
+    pre, restored = mgr.get(report["pre_snapshot"]), mgr.get(res["snapshot"])
+    assert pre.totals.read_bytes == 0 and pre.totals.reused_files == len(restored.files)
+    assert {f.path: f.hash for f in pre.files} == {f.path: f.hash for f in restored.files}
     # the kept directory is never modified, and a second run changes nothing
     kept = Path(res["kept_path"])
     before = {p: p.stat().st_mtime_ns for p in kept.rglob("*")}
