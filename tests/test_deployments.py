@@ -154,6 +154,8 @@ def test_recover_refuses_while_a_chroma_server_has_the_database_open(tmp_path: P
     assert counts(Path(out["kept_path"]))["served"] == acked  # rolled back, and kept
 
 
+# slow (CI budget): a served database's snapshot, verified in full against a real `chroma run`
+@pytest.mark.slow
 def test_snapshots_of_a_database_a_chroma_server_is_writing_verify(tmp_path: Path) -> None:
     """A `chroma run` server written through HttpClient while snapshots are taken: each
     snapshot verifies in full (opened by chromadb in a child) and holds a prefix of the

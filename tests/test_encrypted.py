@@ -323,6 +323,8 @@ def s3_round_trip(db: Path, tmp_path: Path, endpoint: str, every_command: bool) 
     assert scan(cache, found) == []  # the local cache and scratch of the remote store too
 
 
+# slow (CI budget): the default run keeps test_copy's new encrypted store on S3 and its scan
+@pytest.mark.slow
 def test_an_encrypted_store_on_s3_round_trips_and_nothing_is_readable(
     db: Path, tmp_path: Path, moto_endpoint: str
 ) -> None:

@@ -133,6 +133,8 @@ def test_every_command_round_trips_on_s3(db: Path, tmp_path: Path, moto_endpoint
     assert all(r.info is not None and r.info.holder is None for r in read_locks(mgr.backend))
 
 
+# slow (CI budget): export and restore --collection are in the default run on a local store (test_browse)
+@pytest.mark.slow
 def test_export_and_restore_collection_round_trip_on_s3(db: Path, tmp_path: Path, moto_endpoint: str) -> None:
     """`export` and `restore --collection` read a snapshot in S3 (through the real command):
     every record comes back bit-exact (ids, documents, metadata, float32 embedding bits)."""
